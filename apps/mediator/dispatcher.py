@@ -1,0 +1,143 @@
+"""Run the handlers of one received message and say how to settle it.
+
+Every transport hands what it receives to `Dispatcher.handle`, which returns an
+Outcome (ack, retry after a delay, or dead with a reason). The transport only
+turns that outcome into its own acknowledgement; the decision is made here, once.
+"""
+
+import random
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from django.db import transaction
+from django.utils import timezone
+
+from apps.mediator import codec, history
+from apps.mediator.conf import catga_settings
+from apps.mediator.context import current_envelope
+from apps.mediator.envelope import Envelope
+from apps.mediator.errors import PermanentError, UndecodableMessage
+from apps.mediator.messages import Kind, Message
+from apps.mediator.models import Delivery
+from apps.mediator.models import Message as MessageRow
+from apps.mediator.pipeline import HandlerContext, Pipeline
+from apps.mediator.registry import HandlerSpec, Registry
+
+ACK, RETRY, DEAD = "ack", "retry", "dead"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: str
+    delay: float = 0.0
+    reason: str = ""
+    result: Any = None
+    duplicate: bool = False
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with jitter: base * 2^(attempt-1), capped, times 0.5-1.0."""
+    base = catga_settings.RETRY_BACKOFF * (2 ** max(attempt - 1, 0))
+    return min(base, catga_settings.RETRY_BACKOFF_MAX) * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not crypto)
+
+
+class Dispatcher:
+    def __init__(self, registry: Registry, pipeline: Pipeline):
+        self.registry = registry
+        self.pipeline = pipeline
+
+    def handle(self, envelope: Envelope, body: bytes, *, context: str | None = None) -> Outcome:
+        try:
+            message = codec.decode(envelope.type, body)
+        except UndecodableMessage as exc:
+            return self._dead_on_arrival(envelope, body, str(exc))
+        specs = self.registry.handlers_for(type(message), context)
+        if not specs:
+            if message.kind is Kind.EVENT:
+                return Outcome(ACK)  # nobody here subscribes; not an error
+            return self._dead_on_arrival(envelope, body, f"no handler for {envelope.type}")
+        history.ensure_received(envelope, codec.to_payload(message))
+        outcomes = [self.run(spec, message, envelope) for spec in specs]
+        for action in (RETRY, DEAD):
+            matching = [o for o in outcomes if o.action == action]
+            if matching:
+                return max(matching, key=lambda o: o.delay)
+        return outcomes[0] if len(outcomes) == 1 else Outcome(ACK)
+
+    def run(self, spec: HandlerSpec, message: Message, envelope: Envelope, *, raise_errors: bool = False) -> Outcome:
+        """One handler, one attempt, in one transaction with its inbox record."""
+        started = timezone.now()
+        try:
+            with transaction.atomic():
+                delivery, created = Delivery.objects.select_for_update().get_or_create(
+                    message_id=envelope.id,
+                    handler=spec.name,
+                    defaults={"context": spec.context, "first_started_at": started},
+                )
+                if not created and delivery.status in (Delivery.Status.SUCCEEDED, Delivery.Status.DEAD):
+                    return Outcome(ACK, result=delivery.result, duplicate=True)
+                token = current_envelope.set(envelope)
+                try:
+                    result = self.pipeline.run(message, HandlerContext(envelope=envelope, handler=spec))
+                finally:
+                    current_envelope.reset(token)
+                finished = timezone.now()
+                delivery.status = Delivery.Status.SUCCEEDED
+                delivery.attempts = max(delivery.attempts + 1, envelope.attempt)
+                delivery.started_at = started
+                delivery.finished_at = finished
+                delivery.duration_ms = (finished - started).total_seconds() * 1000
+                delivery.error = ""
+                delivery.result = _jsonable(result)
+                delivery.attempt_log = [
+                    *delivery.attempt_log,
+                    history.log_entry(envelope.attempt, started, finished, "succeeded"),
+                ]
+                delivery.save()
+                history.set_message_status(envelope.id, MessageRow.Status.HANDLED)
+            return Outcome(ACK, result=result)
+        except Exception as exc:
+            if raise_errors:
+                raise
+            return self._failed(spec, message, envelope, exc, started)
+
+    def _failed(self, spec, message, envelope, exc, started) -> Outcome:
+        max_attempts = message.options.max_attempts or catga_settings.MAX_ATTEMPTS
+        permanent = isinstance(exc, PermanentError)
+        exhausted = envelope.attempt >= max_attempts
+        error = f"{type(exc).__name__}: {exc}"
+        status = Delivery.Status.DEAD if (permanent or exhausted) else Delivery.Status.RETRYING
+        with transaction.atomic():
+            history.record_delivery_failure(
+                envelope,
+                spec.name,
+                spec.context,
+                status=status,
+                started=started,
+                error=error,
+                tb="".join(traceback.format_exception(exc)),
+            )
+        if status == Delivery.Status.RETRYING:
+            return Outcome(RETRY, delay=backoff(envelope.attempt), reason=error)
+        why = "non-retryable error" if permanent else f"gave up after {envelope.attempt} attempts"
+        return Outcome(DEAD, reason=f"{why}: {error}")
+
+    def _dead_on_arrival(self, envelope: Envelope, body: bytes, reason: str) -> Outcome:
+        with transaction.atomic():
+            history.ensure_received(envelope, {"raw": body[:4096].decode("utf-8", "replace")})
+            now = timezone.now()
+            history.record_delivery_failure(
+                envelope, "(decode)", "", status=Delivery.Status.DEAD, started=now, error=reason, tb=""
+            )
+        return Outcome(DEAD, reason=reason)
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return msgspec.to_builtins(value, str_keys=True, enc_hook=str)
+    except TypeError:
+        return repr(value)

@@ -1,0 +1,99 @@
+"""Reads and writes of the history tables, kept out of the dispatcher's logic."""
+
+import datetime as dt
+
+from django.utils import timezone
+
+from apps.mediator.envelope import Envelope
+from apps.mediator.messages import message_type
+from apps.mediator.models import Delivery, Message
+
+
+def _ts(seconds: float | None) -> dt.datetime | None:
+    if seconds is None:
+        return None
+    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
+
+
+def _context_of(envelope: Envelope) -> str:
+    cls = message_type(envelope.type)
+    if cls is not None:
+        return cls.options.context
+    return envelope.type.split(".", 1)[0] if "." in envelope.type else ""
+
+
+def message_row(envelope: Envelope, payload, *, status: str) -> Message:
+    extra = {}
+    if envelope.traceparent:
+        extra["traceparent"] = envelope.traceparent
+    return Message(
+        id=envelope.id,
+        type=envelope.type,
+        kind=envelope.kind.value,
+        context=_context_of(envelope),
+        correlation_id=envelope.correlation_id,
+        causation_id=envelope.causation_id or "",
+        qos=envelope.qos.value,
+        status=status,
+        payload=payload,
+        headers=extra,
+        created_at=_ts(envelope.created_at),
+        available_at=_ts(envelope.not_before),
+    )
+
+
+def store_outgoing(envelope: Envelope, payload) -> None:
+    """The outbox write: runs in the sender's transaction."""
+    message_row(envelope, payload, status=Message.Status.PENDING).save(force_insert=True)
+
+
+def mark_published(ids: list[str]) -> None:
+    Message.objects.filter(pk__in=ids, status=Message.Status.PENDING).update(
+        status=Message.Status.PUBLISHED, published_at=timezone.now()
+    )
+
+
+def ensure_received(envelope: Envelope, payload, *, status: str = Message.Status.PUBLISHED) -> None:
+    """A message that arrived without passing through our outbox still gets a row."""
+    Message.objects.get_or_create(
+        id=envelope.id,
+        defaults={
+            f.attname: getattr(message_row(envelope, payload, status=status), f.attname)
+            for f in Message._meta.concrete_fields
+        },
+    )
+
+
+def set_message_status(message_id: str, status: str) -> None:
+    Message.objects.filter(pk=message_id).update(status=status)
+
+
+def log_entry(attempt: int, started: dt.datetime, finished: dt.datetime, outcome: str, error: str = "") -> dict:
+    return {
+        "attempt": attempt,
+        "started_at": started.isoformat(),
+        "finished_at": finished.isoformat(),
+        "duration_ms": round((finished - started).total_seconds() * 1000, 3),
+        "outcome": outcome,
+        "error": error,
+    }
+
+
+def record_delivery_failure(
+    envelope: Envelope, handler: str, context: str, *, status: str, started: dt.datetime, error: str, tb: str
+) -> Delivery:
+    finished = timezone.now()
+    delivery, _ = Delivery.objects.select_for_update().get_or_create(
+        message_id=envelope.id, handler=handler, defaults={"context": context, "first_started_at": started}
+    )
+    delivery.status = status
+    delivery.attempts = max(delivery.attempts + 1, envelope.attempt)
+    delivery.started_at = started
+    delivery.finished_at = finished
+    delivery.duration_ms = (finished - started).total_seconds() * 1000
+    delivery.error = error
+    delivery.traceback = tb
+    delivery.attempt_log = [*delivery.attempt_log, log_entry(envelope.attempt, started, finished, status, error)]
+    delivery.save()
+    set_message_status(envelope.id, Message.Status.DEAD if status == Delivery.Status.DEAD else Message.Status.FAILED)
+    return delivery

@@ -1,0 +1,108 @@
+"""The mediator: send commands, publish events, ask queries.
+
+    handle = mediator.send(ReserveStock(order_id=..., lines=...))
+    mediator.publish(OrderPlaced(order_id=...))
+    order = mediator.ask(GetOrder(order_id=...))
+    result = mediator.execute(PlaceOrder(...))   # in-process, in this transaction
+
+`send` and `publish` store the message in the outbox inside the caller's
+transaction and hand it to the transport after commit, so a rolled-back
+transaction sends nothing. Inside a handler, the message being handled becomes
+the cause of everything sent, and its correlation id is carried on.
+"""
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from apps.mediator import codec, history
+from apps.mediator.conf import catga_settings
+from apps.mediator.context import current_envelope
+from apps.mediator.dispatcher import Dispatcher
+from apps.mediator.envelope import Envelope
+from apps.mediator.errors import NoHandler
+from apps.mediator.messages import Command, Event, Message, QoS, Query
+from apps.mediator.models import Delivery
+from apps.mediator.models import Message as MessageRow
+from apps.mediator.pipeline import HandlerContext
+from apps.mediator.registry import Registry
+from apps.mediator.transports.base import Outgoing, Transport
+
+
+@dataclass(frozen=True)
+class Handle:
+    """What `send` returns: the message id, and its status from the history."""
+
+    message_id: str
+
+    def status(self) -> str | None:
+        row = MessageRow.objects.filter(pk=self.message_id).values_list("status", flat=True).first()
+        return row
+
+    def deliveries(self) -> list[Delivery]:
+        return list(Delivery.objects.filter(message_id=self.message_id))
+
+
+class Mediator:
+    def __init__(self, registry: Registry, dispatcher: Dispatcher, transport: Transport):
+        self.registry = registry
+        self.dispatcher = dispatcher
+        self.transport = transport
+
+    def send(self, command: Command, *, countdown: float | None = None, eta: dt.datetime | None = None) -> Handle:
+        if not isinstance(command, Command):
+            raise TypeError(f"send() takes a Command, not {type(command).__name__}")
+        if countdown is not None and eta is not None:
+            raise ValueError("give countdown or eta, not both")
+        not_before = None
+        if countdown is not None:
+            not_before = time.time() + countdown
+        elif eta is not None:
+            not_before = eta.timestamp()
+        return self._post(command, not_before=not_before)
+
+    def publish(self, event: Event) -> Handle:
+        if not isinstance(event, Event):
+            raise TypeError(f"publish() takes an Event, not {type(event).__name__}")
+        return self._post(event)
+
+    def ask(self, query: Query):
+        if not isinstance(query, Query):
+            raise TypeError(f"ask() takes a Query, not {type(query).__name__}")
+        spec = self._single_handler(query)
+        envelope = Envelope.for_message(query, qos=QoS.AT_MOST_ONCE, cause=current_envelope.get())
+        return self.dispatcher.pipeline.run(query, HandlerContext(envelope=envelope, handler=spec))
+
+    def execute(self, command: Command):
+        """Run a command's handler here and now, inside the caller's transaction.
+
+        For the entry points that must answer with the handler's result (a REST
+        view creating an order); the history records it like any delivery.
+        """
+        spec = self._single_handler(command)
+        codec.validated(command)
+        envelope = self._envelope(command, None)
+        history.message_row(envelope, codec.to_payload(command), status=MessageRow.Status.PUBLISHED).save(
+            force_insert=True
+        )
+        return self.dispatcher.run(spec, command, envelope, raise_errors=True).result
+
+    def _single_handler(self, message: Message):
+        spec = self.registry.handler_for(type(message))
+        if spec is None:
+            raise NoHandler(f"no handler registered for {message.options.wire_name}")
+        return spec
+
+    def _envelope(self, message: Message, not_before: float | None) -> Envelope:
+        qos = QoS(message.options.qos or catga_settings.DEFAULT_QOS)
+        return Envelope.for_message(message, qos=qos, cause=current_envelope.get(), not_before=not_before)
+
+    def _post(self, message: Message, *, not_before: float | None = None) -> Handle:
+        codec.validated(message)
+        envelope = self._envelope(message, not_before)
+        body = codec.encode(message)
+        history.store_outgoing(envelope, codec.to_payload(message))
+        transaction.on_commit(lambda: self.transport.publish([Outgoing(envelope, body)]))
+        return Handle(envelope.id)

@@ -1,0 +1,82 @@
+"""The history: one Message row per message and one Delivery row per handling.
+
+The same pair is the outbox (Message rows with status `pending` are not yet
+published), the inbox (a succeeded Delivery for (message, handler) means a
+redelivery is acknowledged without running the handler again) and the audit trail.
+"""
+
+from django.db import models
+
+
+class Message(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending (in outbox)"
+        PUBLISHED = "published", "published"
+        HANDLED = "handled", "handled"
+        FAILED = "failed", "failed (retrying)"
+        DEAD = "dead", "dead letter"
+
+    id = models.CharField(primary_key=True, max_length=26, editable=False)
+    type = models.CharField(max_length=200)
+    kind = models.CharField(max_length=10)
+    context = models.CharField(max_length=50)
+    correlation_id = models.CharField(max_length=26, db_index=True)
+    causation_id = models.CharField(max_length=26, blank=True, default="", db_index=True)
+    qos = models.CharField(max_length=20)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    payload = models.JSONField()
+    headers = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(db_index=True)
+    available_at = models.DateTimeField(null=True, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    publish_attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["status", "id"], name="msg_status_id"),
+            models.Index(fields=["type", "id"], name="msg_type_id"),
+            models.Index(fields=["context", "id"], name="msg_context_id"),
+            # The outbox relay's sweep reads only unpublished rows.
+            models.Index(
+                fields=["available_at", "id"],
+                name="msg_outbox",
+                condition=models.Q(status="pending"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id}"
+
+
+class Delivery(models.Model):
+    class Status(models.TextChoices):
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        RETRYING = "retrying", "retrying"
+        DEAD = "dead", "dead"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="deliveries")
+    handler = models.CharField(max_length=300)
+    context = models.CharField(max_length=50)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    attempts = models.PositiveIntegerField(default=0)
+    first_started_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    result = models.JSONField(null=True, blank=True)
+    # One entry per attempt: {"attempt", "started_at", "finished_at", "outcome", "error"}.
+    attempt_log = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["message", "handler"], name="delivery_once_per_handler"),
+        ]
+        indexes = [models.Index(fields=["status", "finished_at"], name="delivery_status_finished")]
+
+    def __str__(self) -> str:
+        return f"{self.handler} {self.status}"

@@ -1,0 +1,48 @@
+"""Orders REST API: one view per operation; views only translate HTTP to messages."""
+
+import msgspec
+from django.db import transaction
+from rest_framework import serializers, status
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.mediator.runtime import mediator
+from apps.orders.contracts import GetOrder, OrderLineIn, PlaceOrder
+
+
+class OrderCreateApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    class LineSerializer(serializers.Serializer):
+        sku = serializers.CharField(max_length=64)
+        quantity = serializers.IntegerField(min_value=1, max_value=10_000)
+
+    class InputSerializer(serializers.Serializer):
+        customer_id = serializers.CharField(max_length=64)
+        lines = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=100)
+        payment_token = serializers.CharField(max_length=64)
+
+        def validate_lines(self, value):
+            line = OrderCreateApi.LineSerializer(data=value, many=True)
+            line.is_valid(raise_exception=True)
+            return line.validated_data
+
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        command = PlaceOrder(
+            customer_id=data.validated_data["customer_id"],
+            lines=tuple(OrderLineIn(sku=li["sku"], quantity=li["quantity"]) for li in data.validated_data["lines"]),
+            payment_token=data.validated_data["payment_token"],
+        )
+        with transaction.atomic():
+            order = mediator.execute(command)
+        return Response(msgspec.to_builtins(order), status=status.HTTP_202_ACCEPTED)
+
+
+class OrderDetailApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    def get(self, request, order_id: str):
+        return Response(msgspec.to_builtins(mediator.ask(GetOrder(order_id=order_id))))

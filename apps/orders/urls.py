@@ -1,0 +1,8 @@
+from django.urls import path
+
+from apps.orders.api import OrderCreateApi, OrderDetailApi
+
+urlpatterns = [
+    path("", OrderCreateApi.as_view(), name="order-create"),
+    path("<str:order_id>/", OrderDetailApi.as_view(), name="order-detail"),
+]

@@ -1,0 +1,38 @@
+"""A deterministic fake payment provider, driven by test tokens like Stripe's.
+
+tok_visa      succeeds
+tok_declined  is declined (permanent: retrying cannot help)
+tok_flaky     fails transiently on the first two attempts, then succeeds
+anything else is declined as an unknown card
+"""
+
+import hashlib
+from decimal import Decimal
+
+
+class Declined(Exception):
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+class ProviderUnavailable(Exception):
+    """The provider timed out or answered 5xx: try again later."""
+
+
+FLAKY_FAILURES = 2
+
+
+def charge(*, token: str, amount: Decimal, order_id: str, attempt: int) -> str:
+    """Capture `amount`; returns the provider's charge reference."""
+    if token == "tok_declined":
+        raise Declined("card_declined")
+    if token == "tok_flaky" and attempt <= FLAKY_FAILURES:
+        raise ProviderUnavailable(f"provider timeout (attempt {attempt})")
+    if token not in ("tok_visa", "tok_flaky"):
+        raise Declined("unknown_token")
+    return "ch_" + hashlib.sha256(f"{order_id}:{amount}".encode()).hexdigest()[:20]
+
+
+def refund(*, reference: str) -> str:
+    return "re_" + reference[3:]
