@@ -2,14 +2,18 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements/base.txt requirements/dev.txt | cksum | cut -d' ' -f1)
+REQUIREMENTS := requirements/base.txt requirements/dev.txt requirements/k8s.txt requirements/k8s-checkov.txt
+STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 
 .PHONY: run test lint unit integration bench clean
 
-$(STAMP): requirements/base.txt requirements/dev.txt
+$(STAMP): $(REQUIREMENTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements/dev.txt -r requirements/k8s.txt
+	# checkov (tests/k8s) in a virtualenv of its own: its dependencies stay out of the app's.
+	test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install --quiet -r requirements/k8s-checkov.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
 ## Everything on a laptop: virtualenv, install, migrate, demo data, web + consumers.

@@ -106,8 +106,13 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server and the in-process handlers write from several threads;
     # waiting for the lock beats failing with "database is locked".
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Web and consumer processes share the file: WAL lets readers run beside the
+    # writer, IMMEDIATE transactions queue writers instead of failing on upgrade.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+    # Separate processes (tests start consumers) must see the same test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -141,8 +146,19 @@ NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 
 # The mediator's settings, read through apps.mediator.conf (defaults documented there).
 CATGA = {
-    "TRANSPORT": os.environ.get("CATGA_TRANSPORT", "memory"),
+    "TRANSPORT": os.environ.get("CATGA_TRANSPORT", "memory" if TESTING else "nats"),
     "NATS_URL": NATS_URL,
+    "NATS_TOKEN": os.environ.get("NATS_TOKEN", ""),
+    "NATS_USER": os.environ.get("NATS_USER", ""),
+    "NATS_PASSWORD": os.environ.get("NATS_PASSWORD", ""),
+    "NATS_CREDS": os.environ.get("NATS_CREDS", ""),
+    "STREAM_REPLICAS": int(os.environ.get("CATGA_STREAM_REPLICAS", "1")),
+    "SHUTDOWN_GRACE": float(os.environ.get("CATGA_SHUTDOWN_GRACE", "20")),
+    "DEFAULT_QOS": os.environ.get("CATGA_DEFAULT_QOS", "at_least_once"),
+    "MAX_ATTEMPTS": int(os.environ.get("CATGA_MAX_ATTEMPTS", "5")),
+    "RETRY_BACKOFF": float(os.environ.get("CATGA_RETRY_BACKOFF", "0.5")),
+    "HANDLER_TIMEOUT": float(os.environ.get("CATGA_HANDLER_TIMEOUT", "30")),
+    "ACK_WAIT": float(os.environ.get("CATGA_ACK_WAIT", "30")),
     "CONTEXTS": {
         "orders": "apps.orders.handlers",
         "inventory": "apps.inventory.handlers",

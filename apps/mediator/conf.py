@@ -12,7 +12,27 @@ RETRY_BACKOFF       Base delay in seconds of the exponential retry backoff.
 RETRY_BACKOFF_MAX   Cap of that delay in seconds.
 HANDLER_TIMEOUT     Seconds a handler may run; a message type's Meta.timeout overrides it.
 RECORD_HISTORY      Store every message and delivery in the history tables.
-SUBJECT_PREFIX      First token of every NATS subject.
+HISTORY_RETENTION_DAYS
+                    Days `manage.py prune_messages` keeps finished messages (None: forever);
+                    pending, retrying and dead messages are kept until resolved.
+SUBJECT_PREFIX      First token of every NATS subject (and of stream names, upper-cased).
+NATS_TOKEN, NATS_USER, NATS_PASSWORD, NATS_CREDS
+                    Credentials (from a Secret), any one style.
+STREAM_REPLICAS     JetStream replicas of the app's streams (3 on a 3-node cluster).
+STREAM_MAX_AGE      Seconds a message stays in the command/event streams.
+DLQ_MAX_AGE         Seconds a dead letter stays in the dead-letter stream.
+STREAM_STORAGE      "file" or "memory".
+DUPLICATE_WINDOW    Seconds JetStream remembers a Nats-Msg-Id to drop re-publishes.
+ACK_WAIT            Seconds before an unacknowledged delivery is redelivered.
+CONCURRENCY         Handler threads per run_consumer process.
+FETCH_BATCH         Most messages fetched per pull request.
+CONNECT_ATTEMPTS    Tries to reach NATS at start-up before run_consumer gives up.
+PUBLISH_TIMEOUT     Seconds to wait for JetStream's ack of a publish.
+RELAY_INTERVAL      Seconds between outbox relay sweeps.
+RELAY_GRACE         Age in seconds before the relay takes over an unpublished row
+                    (younger rows are still being published right after commit).
+RELAY_BATCH         Rows per relay transaction.
+SHUTDOWN_GRACE      Seconds run_consumer gives in-flight handlers after SIGTERM.
 """
 
 from django.conf import settings
@@ -32,7 +52,26 @@ DEFAULTS = {
     "RETRY_BACKOFF_MAX": 60.0,
     "HANDLER_TIMEOUT": 30.0,
     "RECORD_HISTORY": True,
+    "HISTORY_RETENTION_DAYS": 30,
     "SUBJECT_PREFIX": "catga",
+    "NATS_TOKEN": "",
+    "NATS_USER": "",
+    "NATS_PASSWORD": "",
+    "NATS_CREDS": "",
+    "STREAM_REPLICAS": 1,
+    "STREAM_MAX_AGE": 7 * 24 * 3600,
+    "DLQ_MAX_AGE": 30 * 24 * 3600,
+    "STREAM_STORAGE": "file",
+    "DUPLICATE_WINDOW": 120,
+    "ACK_WAIT": 30,
+    "CONCURRENCY": 8,
+    "FETCH_BATCH": 64,
+    "CONNECT_ATTEMPTS": 5,
+    "PUBLISH_TIMEOUT": 5.0,
+    "RELAY_INTERVAL": 1.0,
+    "RELAY_GRACE": 5.0,
+    "RELAY_BATCH": 200,
+    "SHUTDOWN_GRACE": 20.0,
 }
 
 

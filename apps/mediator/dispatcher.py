@@ -5,6 +5,7 @@ Outcome (ack, retry after a delay, or dead with a reason). The transport only
 turns that outcome into its own acknowledgement; the decision is made here, once.
 """
 
+import datetime as dt
 import random
 import traceback
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from apps.mediator import codec, history
 from apps.mediator.conf import catga_settings
 from apps.mediator.context import current_envelope
 from apps.mediator.envelope import Envelope
-from apps.mediator.errors import PermanentError, UndecodableMessage
-from apps.mediator.messages import Kind, Message
+from apps.mediator.errors import AttemptsExhausted, HandlerTimeout, PermanentError, UndecodableMessage
+from apps.mediator.messages import Kind, Message, QoS, message_type
 from apps.mediator.models import Delivery
 from apps.mediator.models import Message as MessageRow
 from apps.mediator.pipeline import HandlerContext, Pipeline
@@ -52,12 +53,12 @@ class Dispatcher:
         try:
             message = codec.decode(envelope.type, body)
         except UndecodableMessage as exc:
-            return self._dead_on_arrival(envelope, body, str(exc))
+            return self.dead_on_arrival(envelope, body, str(exc))
         specs = self.registry.handlers_for(type(message), context)
         if not specs:
             if message.kind is Kind.EVENT:
                 return Outcome(ACK)  # nobody here subscribes; not an error
-            return self._dead_on_arrival(envelope, body, f"no handler for {envelope.type}")
+            return self.dead_on_arrival(envelope, body, f"no handler for {envelope.type}")
         history.ensure_received(envelope, codec.to_payload(message))
         outcomes = [self.run(spec, message, envelope) for spec in specs]
         for action in (RETRY, DEAD):
@@ -78,6 +79,8 @@ class Dispatcher:
                 )
                 if not created and delivery.status in (Delivery.Status.SUCCEEDED, Delivery.Status.DEAD):
                     return Outcome(ACK, result=delivery.result, duplicate=True)
+                if envelope.attempt > self.max_attempts(message):
+                    raise AttemptsExhausted(f"delivered {envelope.attempt} times without settling")
                 token = current_envelope.set(envelope)
                 try:
                     result = self.pipeline.run(message, HandlerContext(envelope=envelope, handler=spec))
@@ -103,9 +106,26 @@ class Dispatcher:
                 raise
             return self._failed(spec, message, envelope, exc, started)
 
+    @staticmethod
+    def max_attempts(message) -> int:
+        return message.options.max_attempts or catga_settings.MAX_ATTEMPTS
+
+    def timed_out(self, envelope: Envelope, context: str | None, seconds: float) -> Outcome:
+        """The worker gave up waiting for this delivery's handlers: record it, retry or bury it."""
+        cls = message_type(envelope.type)
+        if cls is None:
+            return Outcome(RETRY, delay=backoff(envelope.attempt), reason="timed out")
+        exc = HandlerTimeout(f"handler did not finish within {seconds:g}s")
+        started = timezone.now() - dt.timedelta(seconds=seconds)
+        outcomes = [
+            self._failed(spec, cls, envelope, exc, started) for spec in self.registry.handlers_for(cls, context)
+        ]
+        return max(outcomes, key=lambda o: (o.action == RETRY, o.delay)) if outcomes else Outcome(ACK)
+
     def _failed(self, spec, message, envelope, exc, started) -> Outcome:
-        max_attempts = message.options.max_attempts or catga_settings.MAX_ATTEMPTS
-        permanent = isinstance(exc, PermanentError)
+        max_attempts = self.max_attempts(message)
+        # AtMostOnce promises no second delivery: every failure is final.
+        permanent = isinstance(exc, PermanentError) or envelope.qos is QoS.AT_MOST_ONCE
         exhausted = envelope.attempt >= max_attempts
         error = f"{type(exc).__name__}: {exc}"
         status = Delivery.Status.DEAD if (permanent or exhausted) else Delivery.Status.RETRYING
@@ -124,9 +144,9 @@ class Dispatcher:
         why = "non-retryable error" if permanent else f"gave up after {envelope.attempt} attempts"
         return Outcome(DEAD, reason=f"{why}: {error}")
 
-    def _dead_on_arrival(self, envelope: Envelope, body: bytes, reason: str) -> Outcome:
+    def dead_on_arrival(self, envelope: Envelope, body: bytes, reason: str) -> Outcome:
         with transaction.atomic():
-            history.ensure_received(envelope, {"raw": body[:4096].decode("utf-8", "replace")})
+            history.ensure_received(envelope, {"raw": history.printable(body[:4096].decode("utf-8", "replace"))})
             now = timezone.now()
             history.record_delivery_failure(
                 envelope, "(decode)", "", status=Delivery.Status.DEAD, started=now, error=reason, tb=""

@@ -12,7 +12,8 @@ from apps.mediator.errors import UndecodableMessage
 from apps.mediator.ids import new_id
 from apps.mediator.messages import Kind, Message, QoS
 
-H_ID = "Nats-Msg-Id"  # also JetStream's de-duplication key
+H_ID = "Catga-Message-Id"
+H_DEDUPE = "Nats-Msg-Id"  # JetStream's de-duplication key: the message id, or a replay's own key
 H_TYPE = "Catga-Type"
 H_KIND = "Catga-Kind"
 H_CORRELATION = "Catga-Correlation-Id"
@@ -67,6 +68,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     def to_headers(self) -> dict[str, str]:
         headers = {
             H_ID: self.id,
+            H_DEDUPE: self.id,
             H_TYPE: self.type,
             H_KIND: self.kind.value,
             H_CORRELATION: self.correlation_id,
@@ -87,6 +89,8 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_headers(cls, headers: dict[str, str] | None) -> "Envelope":
         headers = headers or {}
+        headers = dict(headers)
+        headers.setdefault(H_ID, headers.get(H_DEDUPE, ""))
         missing = [h for h in (H_ID, H_TYPE, H_KIND) if not headers.get(h)]
         if missing:
             raise UndecodableMessage(f"missing header(s): {', '.join(missing)}")

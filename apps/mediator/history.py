@@ -2,11 +2,13 @@
 
 import datetime as dt
 
+import msgspec
 from django.utils import timezone
 
 from apps.mediator.envelope import Envelope
-from apps.mediator.messages import message_type
+from apps.mediator.messages import Kind, QoS, message_type
 from apps.mediator.models import Delivery, Message
+from apps.mediator.transports.base import Outgoing
 
 
 def _ts(seconds: float | None) -> dt.datetime | None:
@@ -42,9 +44,9 @@ def message_row(envelope: Envelope, payload, *, status: str) -> Message:
     )
 
 
-def store_outgoing(envelope: Envelope, payload) -> None:
+def store_outgoing(envelope: Envelope, payload, *, status: str = Message.Status.PENDING) -> None:
     """The outbox write: runs in the sender's transaction."""
-    message_row(envelope, payload, status=Message.Status.PENDING).save(force_insert=True)
+    message_row(envelope, payload, status=status).save(force_insert=True)
 
 
 def mark_published(ids: list[str]) -> None:
@@ -66,6 +68,11 @@ def ensure_received(envelope: Envelope, payload, *, status: str = Message.Status
 
 def set_message_status(message_id: str, status: str) -> None:
     Message.objects.filter(pk=message_id).update(status=status)
+
+
+def printable(text: str) -> str:
+    """PostgreSQL text and JSON cannot hold NUL; hostile input must still be recorded."""
+    return text.replace("\x00", "\ufffd")
 
 
 def log_entry(attempt: int, started: dt.datetime, finished: dt.datetime, outcome: str, error: str = "") -> dict:
@@ -91,9 +98,30 @@ def record_delivery_failure(
     delivery.started_at = started
     delivery.finished_at = finished
     delivery.duration_ms = (finished - started).total_seconds() * 1000
+    error, tb = printable(error), printable(tb)
     delivery.error = error
     delivery.traceback = tb
     delivery.attempt_log = [*delivery.attempt_log, log_entry(envelope.attempt, started, finished, status, error)]
     delivery.save()
     set_message_status(envelope.id, Message.Status.DEAD if status == Delivery.Status.DEAD else Message.Status.FAILED)
     return delivery
+
+
+def envelope_of(row: Message) -> Envelope:
+    """Rebuild the envelope of a stored message (the outbox relay, replays)."""
+    return Envelope(
+        id=row.id,
+        type=row.type,
+        kind=Kind(row.kind),
+        correlation_id=row.correlation_id,
+        causation_id=row.causation_id or None,
+        qos=QoS(row.qos),
+        created_at=row.created_at.timestamp(),
+        not_before=row.available_at.timestamp() if row.available_at else None,
+        traceparent=(row.headers or {}).get("traceparent"),
+    )
+
+
+def outgoing_of(row: Message) -> Outgoing:
+    """What the relay publishes for a stored row (a replay carries its own dedupe key)."""
+    return Outgoing(envelope_of(row), msgspec.json.encode(row.payload), dedupe_id=(row.headers or {}).get("dedupe_id"))

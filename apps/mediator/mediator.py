@@ -44,6 +44,34 @@ class Handle:
     def deliveries(self) -> list[Delivery]:
         return list(Delivery.objects.filter(message_id=self.message_id))
 
+    def wait(self, timeout: float = 30.0, *, interval: float = 0.05):
+        """Block until the message is handled and return its handler's result (JSON form).
+
+        Raises HandlerFailed if it ended dead, TimeoutError if it is not finished in time.
+        Polls the history, so it works from any process that shares the database.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if status == MessageRow.Status.HANDLED:
+                results = [d.result for d in self.deliveries() if d.status == Delivery.Status.SUCCEEDED]
+                return results[0] if len(results) == 1 else results
+            if status == MessageRow.Status.DEAD:
+                errors = [d.error for d in self.deliveries() if d.status == Delivery.Status.DEAD]
+                raise HandlerFailed(self.message_id, "; ".join(errors) or "dead")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"message {self.message_id} not handled within {timeout}s (status {status})")
+            time.sleep(interval)
+
+    def result(self, timeout: float = 30.0):
+        return self.wait(timeout)
+
+
+class HandlerFailed(Exception):
+    def __init__(self, message_id: str, error: str):
+        self.message_id, self.error = message_id, error
+        super().__init__(f"message {message_id} failed: {error}")
+
 
 class Mediator:
     def __init__(self, registry: Registry, dispatcher: Dispatcher, transport: Transport):
@@ -103,6 +131,8 @@ class Mediator:
         codec.validated(message)
         envelope = self._envelope(message, not_before)
         body = codec.encode(message)
-        history.store_outgoing(envelope, codec.to_payload(message))
+        # AtMostOnce skips the outbox: recorded as already published, never relayed again.
+        status = MessageRow.Status.PUBLISHED if envelope.qos is QoS.AT_MOST_ONCE else MessageRow.Status.PENDING
+        history.store_outgoing(envelope, codec.to_payload(message), status=status)
         transaction.on_commit(lambda: self.transport.publish([Outgoing(envelope, body)]))
         return Handle(envelope.id)

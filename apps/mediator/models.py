@@ -38,6 +38,10 @@ class Message(models.Model):
             models.Index(fields=["status", "id"], name="msg_status_id"),
             models.Index(fields=["type", "id"], name="msg_type_id"),
             models.Index(fields=["context", "id"], name="msg_context_id"),
+            # The admin's kind filter; created/status serves the dashboard's per-minute
+            # throughput and prune_messages' sweep without reading the table.
+            models.Index(fields=["kind", "id"], name="msg_kind_id"),
+            models.Index(fields=["created_at", "status"], name="msg_created_status"),
             # The outbox relay's sweep reads only unpublished rows.
             models.Index(
                 fields=["available_at", "id"],
@@ -73,6 +77,7 @@ class Delivery(models.Model):
     attempt_log = models.JSONField(default=list, blank=True)
 
     class Meta:
+        verbose_name_plural = "deliveries"
         constraints = [
             models.UniqueConstraint(fields=["message", "handler"], name="delivery_once_per_handler"),
         ]

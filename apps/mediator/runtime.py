@@ -4,6 +4,7 @@ Tests that need other handlers build their own `Mediator` from a `Registry`;
 everything else uses `mediator`, a proxy to the process-wide instance.
 """
 
+import atexit
 import threading
 
 from django.utils.module_loading import import_string
@@ -16,6 +17,7 @@ from apps.mediator.registry import Registry
 
 TRANSPORTS = {
     "memory": "apps.mediator.transports.memory.MemoryTransport",
+    "nats": "apps.mediator.transports.nats.publisher.NatsTransport",
 }
 
 _lock = threading.Lock()
@@ -49,7 +51,12 @@ def get_mediator() -> Mediator:
                     )
                 transport = import_string(TRANSPORTS[name])(dispatcher)
                 _instance = Mediator(get_registry(), dispatcher, transport)
+                atexit.register(_close_at_exit, _instance)
     return _instance
+
+
+def _close_at_exit(instance: Mediator) -> None:
+    instance.transport.close()
 
 
 def reset() -> None:

@@ -1,7 +1,9 @@
 from django.contrib import admin
-from django.urls import reverse
+from django.db.models import Count
+from django.urls import reverse, reverse_lazy
 from django.utils.html import format_html
 
+from apps.mediator import admin_console
 from apps.orders.models import Order, OrderLine
 
 
@@ -12,9 +14,16 @@ class OrderLineInline(admin.TabularInline):
     can_delete = False
 
 
+def conversation_link(obj, text):
+    if not obj.correlation_id:
+        return "—"
+    url = reverse("admin:mediator_message_conversation", args=[obj.correlation_id])
+    return format_html('<a href="{}">{}</a>', url, text)
+
+
 @admin.register(Order)
 class OrderAdmin(admin.ModelAdmin):
-    list_display = ["id", "customer_id", "status", "reason", "total", "created_at"]
+    list_display = ["id", "customer_id", "status", "reason", "total", "created_at", "story"]
     list_filter = ["status", "reason"]
     search_fields = ["=id", "customer_id"]
     readonly_fields = ["id", "customer_id", "status", "reason", "total", "correlation_id", "history", "created_at"]
@@ -23,5 +32,23 @@ class OrderAdmin(admin.ModelAdmin):
 
     @admin.display(description="message history")
     def history(self, obj):
-        url = reverse("admin:mediator_message_changelist") + f"?q={obj.correlation_id}"
-        return format_html('<a href="{}">every message of this order</a>', url)
+        return conversation_link(obj, "what happened to this order: every message, as a timeline")
+
+    @admin.display(description="conversation")
+    def story(self, obj):
+        return conversation_link(obj, "timeline")
+
+
+# The message history is searchable by order id, and the dashboard shows orders by
+# status, without the mediator importing this context (see apps.mediator.admin_console).
+@admin_console.register_search
+def correlation_ids_of_order(term: str) -> list[str]:
+    return list(Order.objects.filter(pk=term).exclude(correlation_id="").values_list("correlation_id", flat=True))
+
+
+def orders_by_status() -> list[tuple[str, int]]:
+    counts = dict(Order.objects.order_by().values_list("status").annotate(n=Count("pk")))
+    return [(label, counts.get(value, 0)) for value, label in Order.Status.choices]
+
+
+admin_console.register_panel("Orders by status", orders_by_status, link=reverse_lazy("admin:orders_order_changelist"))

@@ -8,6 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.mediator.runtime import mediator
+from apps.orders import idempotency
 from apps.orders.contracts import GetOrder, OrderLineIn, PlaceOrder
 
 
@@ -36,9 +37,21 @@ class OrderCreateApi(APIView):
             lines=tuple(OrderLineIn(sku=li["sku"], quantity=li["quantity"]) for li in data.validated_data["lines"]),
             payment_token=data.validated_data["payment_token"],
         )
-        with transaction.atomic():
-            order = mediator.execute(command)
-        return Response(msgspec.to_builtins(order), status=status.HTTP_202_ACCEPTED)
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            with transaction.atomic():
+                order = mediator.execute(command)
+            return Response(msgspec.to_builtins(order), status=status.HTTP_202_ACCEPTED)
+        created = {}
+
+        def create() -> str:
+            created["order"] = mediator.execute(command)
+            return created["order"].id
+
+        order_id, replayed = idempotency.once(user=request.user, key=key, data=data.validated_data, create=create)
+        order = created.get("order") or mediator.ask(GetOrder(order_id=order_id))
+        headers = {"Idempotent-Replayed": "true"} if replayed else {}
+        return Response(msgspec.to_builtins(order), status=status.HTTP_202_ACCEPTED, headers=headers)
 
 
 class OrderDetailApi(APIView):

@@ -36,3 +36,19 @@ class OrderLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.quantity} x {self.sku}"
+
+
+class IdempotencyKey(models.Model):
+    """An `Idempotency-Key` a client sent with POST /api/orders/, and the order it made."""
+
+    user = models.ForeignKey("auth.User", on_delete=models.CASCADE)
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, null=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_per_user")]
+
+    def __str__(self) -> str:
+        return self.key

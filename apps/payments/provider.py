@@ -4,9 +4,13 @@ tok_visa      succeeds
 tok_declined  is declined (permanent: retrying cannot help)
 tok_flaky     fails transiently on the first two attempts, then succeeds
 anything else is declined as an unknown card
+
+With FAKE_PROVIDER_OUTAGE=1 in the environment every charge fails transiently, as
+when the real provider is down (used to exercise retries, dead letters and replay).
 """
 
 import hashlib
+import os
 from decimal import Decimal
 
 
@@ -25,6 +29,8 @@ FLAKY_FAILURES = 2
 
 def charge(*, token: str, amount: Decimal, order_id: str, attempt: int) -> str:
     """Capture `amount`; returns the provider's charge reference."""
+    if os.environ.get("FAKE_PROVIDER_OUTAGE") == "1":
+        raise ProviderUnavailable("provider outage")
     if token == "tok_declined":
         raise Declined("card_declined")
     if token == "tok_flaky" and attempt <= FLAKY_FAILURES:

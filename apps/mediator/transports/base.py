@@ -17,6 +17,14 @@ from apps.mediator.envelope import Envelope
 class Outgoing:
     envelope: Envelope
     body: bytes
+    # JetStream de-duplication key when it must differ from the message id (a replay).
+    dedupe_id: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = self.envelope.to_headers()
+        if self.dedupe_id:
+            headers["Nats-Msg-Id"] = self.dedupe_id
+        return headers
 
 
 class Transport(abc.ABC):

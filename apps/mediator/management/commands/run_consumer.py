@@ -1,0 +1,67 @@
+"""`manage.py run_consumer`: handle the chosen contexts' messages from NATS JetStream."""
+
+import asyncio
+
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.mediator.conf import catga_settings
+from apps.mediator.runtime import build_dispatcher, get_registry
+from apps.mediator.transports.nats.publisher import NatsTransport
+from apps.mediator.worker import Worker
+
+
+class Command(BaseCommand):
+    help = (
+        "Run a worker: fetch the commands and events of the given contexts (all by default) from NATS "
+        "JetStream and run their handlers. Stops gracefully on SIGTERM/SIGINT."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--context",
+            action="append",
+            dest="contexts",
+            metavar="NAME",
+            help="A context to serve; repeat for several. Default: every context.",
+        )
+        parser.add_argument(
+            "--concurrency", type=int, default=None, help="Handler threads (default CATGA['CONCURRENCY'])."
+        )
+        parser.add_argument(
+            "--health-port", type=int, default=None, help="Serve /health/live, /health/ready and /metrics on this port."
+        )
+        parser.add_argument("--no-relay", action="store_true", help="Do not run the outbox relay in this process.")
+
+    def handle(self, *args, contexts, concurrency, health_port, no_relay, **options):
+        registry = get_registry()
+        known = list(registry.contexts)
+        contexts = contexts or known
+        unknown = [c for c in contexts if c not in known]
+        if unknown:
+            raise CommandError(f"unknown context(s): {', '.join(unknown)}; choose from {', '.join(known)}")
+        concurrency = concurrency or catga_settings.CONCURRENCY
+        if concurrency < 1:
+            raise CommandError("--concurrency must be at least 1")
+        if health_port is not None and not 0 <= health_port <= 65535:
+            raise CommandError("--health-port must be between 0 and 65535")
+        dispatcher = build_dispatcher()
+        transport = _process_transport(dispatcher)
+        worker = Worker(
+            dispatcher, transport, contexts, concurrency=concurrency, health_port=health_port, relay=not no_relay
+        )
+        try:
+            asyncio.run(worker.run())
+        except ConnectionError as exc:
+            raise CommandError(str(exc)) from exc
+        except OSError as exc:  # the health port is taken
+            raise CommandError(f"cannot serve the health port {health_port}: {exc}") from exc
+
+
+def _process_transport(dispatcher) -> NatsTransport:
+    """The process-wide transport, so handlers' sends share the worker's connection."""
+    from apps.mediator.runtime import get_mediator
+
+    transport = get_mediator().transport
+    if not isinstance(transport, NatsTransport):
+        raise CommandError("run_consumer needs CATGA_TRANSPORT=nats (the in-memory transport has no workers)")
+    return transport

@@ -1,0 +1,183 @@
+"""JetStream publishing from Django's sync world.
+
+`NatsTransport.publish` is called after commit from request threads, management
+commands and handler threads. It never blocks on the network: the batch goes to
+an asyncio loop on a daemon thread that owns the connection (or to run_consumer's
+own loop when attached). What cannot be published in time stays `pending` in the
+outbox for the relay. The loop thread is recreated after fork (gunicorn preload).
+"""
+
+import asyncio
+import contextlib
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from django.db import close_old_connections, connections
+
+from apps.mediator import history
+from apps.mediator.conf import catga_settings
+from apps.mediator.envelope import Envelope
+from apps.mediator.messages import SUBJECT_SEGMENT, QoS
+from apps.mediator.transports.base import Outgoing, Transport
+from apps.mediator.transports.nats import connection, topology
+
+logger = logging.getLogger("catga.nats")
+
+
+def subject_of(envelope: Envelope) -> str:
+    context, _, name = envelope.type.partition(".")
+    subject = f"{context}.{SUBJECT_SEGMENT[envelope.kind]}.{name}"
+    if envelope.qos is QoS.AT_MOST_ONCE:
+        return topology.at_most_once_subject(subject)
+    return f"{topology.prefix()}.{subject}"
+
+
+def _mark_published(ids: list[str]) -> None:
+    close_old_connections()
+    history.mark_published(ids)
+
+
+class NatsTransport(Transport):
+    def __init__(self, dispatcher):
+        self.registry = dispatcher.registry
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._nc = None
+        self._js = None
+        self._connected: asyncio.Event | None = None
+        self._owns_loop = False
+        # One thread owns the DB connection used to mark rows published; the loop never touches the ORM.
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catga-outbox-mark")
+        self._inflight: set[concurrent.futures.Future] = set()
+
+    # -- wiring --------------------------------------------------------------
+
+    def attach(self, loop: asyncio.AbstractEventLoop, nc, js) -> None:
+        """Share run_consumer's loop and connection instead of starting a thread."""
+        with self._lock:
+            self._pid, self._loop, self._nc, self._js = os.getpid(), loop, nc, js
+            self._owns_loop = False
+            self._connected = asyncio.Event()
+            self._connected.set()
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._loop = asyncio.new_event_loop()
+                self._owns_loop = True
+                ready = threading.Event()
+                thread = threading.Thread(
+                    target=self._run_loop, args=(self._loop, ready), daemon=True, name="catga-nats-publisher"
+                )
+                thread.start()
+                ready.wait()
+            return self._loop
+
+    def _run_loop(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+        self._connected = asyncio.Event()
+        loop.create_task(self._connect_forever())
+        ready.set()
+        loop.run_forever()
+
+    async def _connect_forever(self) -> None:
+        while True:
+            try:
+                nc = await connection.connect(f"catga-publisher-{os.getpid()}", attempts=1)
+                js = nc.jetstream()
+                await topology.ensure_topology(js, self.registry)
+            except Exception as exc:
+                logger.warning("publisher cannot reach NATS yet (%r); the outbox relay will catch up", exc)
+                await asyncio.sleep(1.0)
+                continue
+            self._nc, self._js = nc, js
+            self._connected.set()
+            return
+
+    # -- publishing ----------------------------------------------------------
+
+    def publish(self, batch: Sequence[Outgoing]) -> None:
+        now = time.time()
+        due = [item for item in batch if item.envelope.not_before is None or item.envelope.not_before <= now]
+        if not due:
+            return  # scheduled: the relay publishes it when it is due
+        loop = self._ensure_loop()
+        future = asyncio.run_coroutine_threadsafe(self._publish_and_mark(due), loop)
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+
+    async def _publish_and_mark(self, batch: Sequence[Outgoing]) -> None:
+        acked = await self.publish_now(batch)
+        if acked:
+            await asyncio.get_running_loop().run_in_executor(self._db, _mark_published, acked)
+
+    async def publish_now(self, batch: Sequence[Outgoing]) -> list[str]:
+        """Publish with Nats-Msg-Id and wait for JetStream's acks; returns the acked ids.
+
+        AtMostOnce messages go out on core NATS, fire and forget, and count as sent.
+        """
+        timeout = catga_settings.PUBLISH_TIMEOUT
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            return []
+        futures = []
+        fired = []
+        for item in batch:
+            if item.envelope.qos is QoS.AT_MOST_ONCE:
+                try:
+                    await self._nc.publish(subject_of(item.envelope), item.body, headers=item.headers())
+                    fired.append(item.envelope.id)
+                except Exception as exc:
+                    logger.warning("at-most-once publish of %s dropped: %r", item.envelope.id, exc)
+                continue
+            try:
+                future = await self._js.publish_async(
+                    subject_of(item.envelope), item.body, headers=item.headers(), wait_stall=timeout
+                )
+            except Exception as exc:
+                logger.warning("publish of %s failed: %r", item.envelope.id, exc)
+                continue
+            futures.append((item.envelope.id, future))
+        acked = []
+        for message_id, future in futures:
+            try:
+                await asyncio.wait_for(future, timeout)
+            except Exception as exc:
+                logger.warning("no JetStream ack for %s: %r", message_id, exc)
+                continue
+            acked.append(message_id)
+        return acked + fired
+
+    def publish_blocking(self, batch: Sequence[Outgoing], timeout: float | None = None) -> list[str]:
+        """For sync callers that must know the result (the outbox relay)."""
+        loop = self._ensure_loop()
+        future = asyncio.run_coroutine_threadsafe(self.publish_now(batch), loop)
+        return future.result(timeout or catga_settings.PUBLISH_TIMEOUT * 3)
+
+    async def publish_raw(self, subject: str, body: bytes, headers: dict) -> None:
+        await self._connected.wait()
+        await self._js.publish(subject, body, headers=headers, timeout=catga_settings.PUBLISH_TIMEOUT)
+
+    def close(self) -> None:
+        # Let publishes handed over just before exit finish (the relay would catch up, but later).
+        concurrent.futures.wait(list(self._inflight), timeout=catga_settings.PUBLISH_TIMEOUT * 2)
+        with contextlib.suppress(RuntimeError):  # at interpreter exit the pool is already shut
+            self._db.submit(connections.close_all).result(10)
+        loop = self._loop
+        if loop is None or not self._owns_loop or self._pid != os.getpid():
+            return
+        if self._nc is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self._nc.drain(), loop).result(5)
+            except Exception:  # closing at exit: nothing useful left to do with an error
+                logger.debug("NATS drain at close failed", exc_info=True)
+        loop.call_soon_threadsafe(loop.stop)
+        self._loop = None

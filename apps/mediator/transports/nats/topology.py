@@ -1,0 +1,145 @@
+"""Streams and durable consumers, provisioned idempotently by every process.
+
+Streams (names from SUBJECT_PREFIX, upper-cased):
+  <P>_CMD  <prefix>.<context>.cmd.>   commands, one durable consumer per context
+  <P>_EVT  <prefix>.<context>.evt.>   events, one durable consumer per subscribing context
+  <P>_DLQ  <prefix>.dlq.>             dead letters, with the reason in headers
+Subjects are listed per context (not `<prefix>.*.cmd.>`) because JetStream refuses
+streams whose subjects could overlap, and `*` would also match `dlq`.
+Both the web (publisher) and the consumers create the consumers, so an event
+published before any worker ever started is still waiting for it.
+"""
+
+import logging
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from apps.mediator.conf import catga_settings
+from apps.mediator.messages import Kind, subject_for
+from apps.mediator.registry import Registry
+
+logger = logging.getLogger("catga.nats")
+
+
+def prefix() -> str:
+    return catga_settings.SUBJECT_PREFIX
+
+
+def stream_name(kind: str) -> str:
+    return f"{prefix().upper()}_{kind}"
+
+
+def at_most_once_subject(subject_without_prefix: str) -> str:
+    """Core-NATS subjects outside every stream: nothing stores an AtMostOnce message."""
+    return f"{prefix()}.amo.{subject_without_prefix}"
+
+
+def dlq_subject(original_subject: str) -> str:
+    return f"{prefix()}.dlq.{original_subject.removeprefix(prefix() + '.')}"
+
+
+@dataclass(frozen=True)
+class Durable:
+    context: str
+    stream: str
+    name: str
+    subjects: tuple[str, ...]
+
+
+def durables(registry: Registry, contexts) -> list[Durable]:
+    result = []
+    for context in contexts:
+        types = registry.subscriptions(context)
+        commands = [t for t in types if t.kind is Kind.COMMAND]
+        events = sorted(subject_for(t, prefix()) for t in types if t.kind is Kind.EVENT)
+        if commands:
+            result.append(Durable(context, stream_name("CMD"), f"{context}_cmd", (f"{prefix()}.{context}.cmd.>",)))
+        if events:
+            result.append(Durable(context, stream_name("EVT"), f"{context}_evt", tuple(events)))
+    return result
+
+
+def stream_configs(contexts) -> list[StreamConfig]:
+    reserved = {"dlq", "amo"} & set(contexts)
+    if reserved:
+        raise ValueError(f"context names {sorted(reserved)} are reserved for subjects; rename them")
+    storage = StorageType(catga_settings.STREAM_STORAGE)
+    common = {"num_replicas": catga_settings.STREAM_REPLICAS, "storage": storage}
+    return [
+        StreamConfig(
+            name=stream_name("CMD"),
+            subjects=[f"{prefix()}.{c}.cmd.>" for c in contexts],
+            retention=RetentionPolicy.LIMITS,
+            max_age=catga_settings.STREAM_MAX_AGE,
+            duplicate_window=catga_settings.DUPLICATE_WINDOW,
+            **common,
+        ),
+        StreamConfig(
+            name=stream_name("EVT"),
+            subjects=[f"{prefix()}.{c}.evt.>" for c in contexts],
+            retention=RetentionPolicy.LIMITS,
+            max_age=catga_settings.STREAM_MAX_AGE,
+            duplicate_window=catga_settings.DUPLICATE_WINDOW,
+            **common,
+        ),
+        StreamConfig(
+            name=stream_name("DLQ"),
+            subjects=[f"{prefix()}.dlq.>"],
+            retention=RetentionPolicy.LIMITS,
+            max_age=catga_settings.DLQ_MAX_AGE,
+            duplicate_window=catga_settings.DUPLICATE_WINDOW,
+            **common,
+        ),
+    ]
+
+
+def consumer_config(durable: Durable) -> ConsumerConfig:
+    config = ConsumerConfig(
+        name=durable.name,
+        durable_name=durable.name,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=catga_settings.ACK_WAIT,
+        max_deliver=-1,  # attempts are counted and capped per message type by the dispatcher
+        max_ack_pending=max(1000, catga_settings.CONCURRENCY * 16),
+        deliver_policy=DeliverPolicy.ALL,
+    )
+    if len(durable.subjects) == 1:
+        config.filter_subject = durable.subjects[0]
+    else:
+        config.filter_subjects = list(durable.subjects)
+    return config
+
+
+async def ensure_streams(js: JetStreamContext, contexts) -> None:
+    for config in stream_configs(contexts):
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)
+            logger.info("created stream %s", config.name)
+        else:
+            await js.update_stream(config)
+
+
+async def ensure_consumers(js: JetStreamContext, registry: Registry, contexts) -> list[Durable]:
+    wanted = durables(registry, contexts)
+    for durable in wanted:
+        # CONSUMER.CREATE is create-or-update on the server: a context that starts
+        # handling another event gets its filter widened in place, keeping its ack state.
+        await js.add_consumer(durable.stream, consumer_config(durable))
+    return wanted
+
+
+async def ensure_topology(js: JetStreamContext, registry: Registry, contexts=None) -> list[Durable]:
+    await ensure_streams(js, registry.contexts)
+    return await ensure_consumers(js, registry, contexts or registry.contexts)

@@ -1,0 +1,339 @@
+"""The consumer runtime behind `manage.py run_consumer` — the Celery-worker role.
+
+One asyncio loop owns the NATS connection: it fetches from the durable pull
+consumers of the chosen contexts, only as many messages as there are free handler
+slots, and settles each one (ack, nak with delay, or dead letter + term). The
+handlers themselves run in a thread pool, because they use the ORM and the ORM
+must never run on the event loop. The same loop runs the outbox relay and the
+health/metrics port.
+"""
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from django.db import close_old_connections, reset_queries
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from apps.mediator import outbox
+from apps.mediator.conf import catga_settings
+from apps.mediator.dispatcher import ACK, DEAD, RETRY, Dispatcher, Outcome
+from apps.mediator.envelope import H_DEDUPE, H_ID, Envelope
+from apps.mediator.errors import UndecodableMessage
+from apps.mediator.health import HealthServer
+from apps.mediator.ids import new_id
+from apps.mediator.messages import Kind, message_type
+from apps.mediator.transports.nats import connection, topology
+from apps.mediator.transports.nats.publisher import NatsTransport
+
+logger = logging.getLogger("catga.worker")
+
+H_DEAD_REASON = "Catga-Dead-Reason"
+H_DEAD_SUBJECT = "Catga-Original-Subject"
+H_DEAD_CONSUMER = "Catga-Dead-Consumer"
+H_DEAD_AT = "Catga-Dead-At"
+
+
+@dataclass
+class WorkerState:
+    connected: bool = False
+    bound: bool = False
+    draining: bool = False
+    last_progress: float = field(default_factory=time.monotonic)
+    in_flight: int = 0
+    handled: int = 0
+
+
+class Slots:
+    """Free handler slots shared by every subscription of the process."""
+
+    def __init__(self, size: int):
+        self.free = size
+        self._changed = asyncio.Condition()
+
+    async def take(self, most: int) -> int:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free > 0)
+            taken = min(self.free, most)
+            self.free -= taken
+            return taken
+
+    async def give(self, count: int = 1) -> None:
+        if count:
+            async with self._changed:
+                self.free += count
+                self._changed.notify_all()
+
+
+class Worker:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        transport: NatsTransport,
+        contexts: list[str],
+        *,
+        concurrency: int,
+        health_port: int | None = None,
+        relay: bool = True,
+    ):
+        self.dispatcher = dispatcher
+        self.transport = transport
+        self.contexts = contexts
+        self.concurrency = concurrency
+        self.health_port = health_port
+        self.relay = relay
+        self.state = WorkerState()
+        self.stop_event: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._messages: dict[asyncio.Task, object] = {}
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self):
+        """Connect and bind; raises ConnectionError when NATS stays unreachable."""
+        self.loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        self.executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="catga-handler")
+        self.slots = Slots(self.concurrency)
+        self.nc = await connection.connect(f"catga-worker-{'+'.join(self.contexts)}")
+        self.state.connected = True
+        self.js = self.nc.jetstream()
+        self.transport.attach(self.loop, self.nc, self.js)
+        durables = await topology.ensure_topology(self.js, self.dispatcher.registry, self.dispatcher.registry.contexts)
+        mine = [d for d in durables if d.context in self.contexts]
+        self.subscriptions = []
+        for durable in mine:
+            sub = await self.js.pull_subscribe_bind(durable=durable.name, stream=durable.stream)
+            self.subscriptions.append((durable, sub))
+        # AtMostOnce messages arrive on core NATS, shared by a queue group per durable.
+        for durable, _ in self.subscriptions:
+            for subject in durable.subjects:
+                await self.nc.subscribe(
+                    topology.at_most_once_subject(subject.removeprefix(topology.prefix() + ".")),
+                    queue=durable.name,
+                    cb=functools.partial(self._on_core_message, durable),
+                )
+        self.state.bound = True
+        logger.info(
+            "consuming %s with %d handler slots", ", ".join(d.name for d, _ in self.subscriptions), self.concurrency
+        )
+
+    async def run(self) -> None:
+        health = None
+        if self.health_port is not None:
+            # Up before connecting, so probes see "live, not ready" while NATS is awaited.
+            health = HealthServer(self)
+            await health.start(self.health_port)
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
+                self.loop.add_signal_handler(sig, self.request_stop)
+        fetchers = [asyncio.create_task(self._fetch_loop(d, sub)) for d, sub in self.subscriptions]
+        relay = asyncio.create_task(self._relay_loop()) if self.relay else None
+        await self.stop_event.wait()
+        await self._shutdown(fetchers, relay, health)
+
+    def request_stop(self) -> None:
+        if not self.state.draining:
+            logger.info("stopping: no new fetches, finishing in-flight messages")
+        self.state.draining = True
+        self.stop_event.set()
+
+    async def _shutdown(self, fetchers, relay, health) -> None:
+        for task in [*fetchers, *([relay] if relay else [])]:
+            task.cancel()
+        await asyncio.gather(*fetchers, *([relay] if relay else []), return_exceptions=True)
+        grace = catga_settings.SHUTDOWN_GRACE
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=grace)
+            if pending:
+                logger.warning(
+                    "%d message(s) did not finish within %.0fs; NAKed for prompt redelivery", len(pending), grace
+                )
+                for task in pending:
+                    msg = self._messages.get(task)
+                    if msg is not None:
+                        with contextlib.suppress(Exception):
+                            await msg.nak()
+        # Every fetched message is settled by now; unsubscribe, make sure the acks are
+        # on the wire, then close (drain() would wait on the pull inboxes for nothing).
+        for _, sub in self.subscriptions:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        try:
+            await asyncio.wait_for(self.nc.flush(), timeout=5)
+        except Exception:
+            logger.warning("could not flush the last acknowledgements", exc_info=True)
+        await self.nc.close()
+        if health is not None:
+            await health.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        logger.info("stopped after handling %d message(s)", self.state.handled)
+
+    # -- fetching and settling ----------------------------------------------
+
+    async def _fetch_loop(self, durable: topology.Durable, sub) -> None:
+        batch_max = catga_settings.FETCH_BATCH
+        # Slots are reserved while a pull waits, so an idle subscription asks for a
+        # fair share only and a busy one (its last pull came back full) for all it can.
+        fair = max(1, -(-self.concurrency // len(self.subscriptions)))
+        want = fair
+        while not self.state.draining:
+            taken = await self.slots.take(min(want, batch_max))
+            try:
+                messages = await sub.fetch(taken, timeout=1.0)
+            except (TimeoutError, NatsTimeoutError):
+                messages = []
+            except asyncio.CancelledError:
+                await self.slots.give(taken)
+                raise
+            except Exception as exc:  # disconnected, consumer deleted...: keep trying
+                logger.warning("fetch from %s failed: %r", durable.name, exc)
+                messages = []
+                await asyncio.sleep(0.5)
+            self.state.last_progress = time.monotonic()
+            want = batch_max if messages and len(messages) == taken else fair
+            await self.slots.give(taken - len(messages))
+            await asyncio.sleep(0)  # let subscriptions waiting for slots take them first
+            for msg in messages:
+                task = asyncio.create_task(self._process(durable, msg))
+                self._tasks.add(task)
+                self._messages[task] = msg
+                task.add_done_callback(self._forget)
+
+    async def _on_core_message(self, durable, msg) -> None:
+        await self.slots.take(1)  # waiting here pushes back on the core subscription
+        task = asyncio.create_task(self._process_core(durable, msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._forget)
+
+    async def _process_core(self, durable, msg) -> None:
+        """At most once: handled once if it arrives, never acknowledged or redelivered."""
+        self.state.in_flight += 1
+        try:
+            try:
+                envelope = Envelope.from_headers(msg.headers)
+            except UndecodableMessage as exc:
+                await self._run(self.dispatcher.dead_on_arrival, _stand_in(msg), msg.data, str(exc))
+                return
+            outcome = await self._run(self.dispatcher.handle, envelope, msg.data, context=durable.context)
+            if outcome.action != ACK:
+                logger.warning("at-most-once %s %s dropped: %s", envelope.type, envelope.id, outcome.reason)
+            self.state.handled += 1
+        except Exception:
+            logger.exception("at-most-once message on %s lost", msg.subject)
+        finally:
+            self.state.in_flight -= 1
+            await self.slots.give(1)
+
+    def _forget(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._messages.pop(task, None)
+
+    async def _process(self, durable: topology.Durable, msg) -> None:
+        self.state.in_flight += 1
+        stray = None
+        try:
+            try:
+                envelope = Envelope.from_headers(msg.headers).with_attempt(msg.metadata.num_delivered)
+            except UndecodableMessage as exc:
+                outcome = await self._run(self.dispatcher.dead_on_arrival, _stand_in(msg), msg.data, str(exc))
+            else:
+                outcome, stray = await self._handle_watched(durable, msg, envelope)
+            await self._settle(durable, msg, outcome)
+            self.state.handled += 1
+        except Exception:
+            logger.exception("could not settle a message from %s; it will be redelivered", durable.name)
+        finally:
+            self.state.in_flight -= 1
+            if stray is not None:
+                # The handler thread outlived its timeout: its slot is free only when it ends.
+                await asyncio.wait({stray})
+            await self.slots.give(1)
+
+    async def _handle_watched(self, durable, msg, envelope: Envelope):
+        """Run the handlers, telling JetStream we are alive while they work, up to their timeout.
+
+        On timeout the message is settled at once (retried or buried); the thread, which
+        Python cannot kill, is returned as a stray so its slot stays taken until it ends.
+        Should it still commit, its effects are guarded by the inbox: the retry skips them.
+        """
+        future = asyncio.ensure_future(self._run(self.dispatcher.handle, envelope, msg.data, context=durable.context))
+        cls = message_type(envelope.type)
+        timeout = (cls.options.timeout if cls is not None else None) or catga_settings.HANDLER_TIMEOUT
+        heartbeat = max(0.5, catga_settings.ACK_WAIT / 3)
+        deadline = self.loop.time() + timeout
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=max(0.01, min(heartbeat, deadline - self.loop.time())))
+            if done:
+                return future.result(), None
+            if self.loop.time() >= deadline:
+                return await self._run(self.dispatcher.timed_out, envelope, durable.context, timeout), future
+            await msg.in_progress()
+
+    async def _run(self, func, *args, **kwargs) -> Outcome:
+        return await self.loop.run_in_executor(self.executor, _in_thread, func, args, kwargs)
+
+    async def _settle(self, durable, msg, outcome: Outcome) -> None:
+        if outcome.action == ACK:
+            await msg.ack()
+        elif outcome.action == RETRY:
+            await msg.nak(delay=outcome.delay)
+        elif outcome.action == DEAD:
+            headers = dict(msg.headers or {})
+            original_id = headers.get(H_ID) or headers.get(H_DEDUPE) or new_id()
+            headers.update(
+                {
+                    H_DEAD_REASON: outcome.reason[:1000],
+                    H_DEAD_SUBJECT: msg.subject,
+                    H_DEAD_CONSUMER: durable.name,
+                    H_DEAD_AT: repr(time.time()),
+                    # Unique per death, so a replayed message that dies again is recorded again.
+                    H_DEDUPE: f"{original_id}.dead.{msg.metadata.num_delivered}",
+                }
+            )
+            await self.js.publish(topology.dlq_subject(msg.subject), msg.data, headers=headers)
+            await msg.term()
+
+    async def _relay_loop(self) -> None:
+        interval = catga_settings.RELAY_INTERVAL
+        while True:
+            try:
+                published = await self.loop.run_in_executor(
+                    None, _in_thread, outbox.drain, (self.transport.publish_blocking,), {}
+                )
+                if published:
+                    logger.info("outbox relay published %d message(s)", published)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("outbox relay sweep failed", exc_info=True)
+            await asyncio.sleep(interval)
+
+
+def _in_thread(func, args, kwargs):
+    """Run ORM work with per-message connection hygiene (as Django does per request)."""
+    reset_queries()
+    close_old_connections()
+    try:
+        return func(*args, **kwargs)
+    finally:
+        close_old_connections()
+
+
+def _stand_in(msg) -> Envelope:
+    """An envelope for a message whose headers are unusable, so it can be recorded."""
+    headers = msg.headers or {}
+    message_id = new_id()
+    return Envelope(
+        id=message_id,
+        type=headers.get("Catga-Type") or f"(unknown on {msg.subject})",
+        kind=Kind.COMMAND if ".cmd." in msg.subject else Kind.EVENT,
+        correlation_id=message_id,
+        created_at=time.time(),
+    )

@@ -1,0 +1,183 @@
+"""The operations console in a real browser: headless Chromium (Debian's package) driven by Playwright.
+
+Orders are placed through the API in this process (the in-memory transport runs the
+whole flow before the call returns), then a support person works in the admin served
+by pytest-django's live_server. Each page is saved to artifacts/screenshots/.
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Permission
+
+from apps.mediator.models import Message
+from apps.orders.models import Order
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM = os.environ.get("CATGA_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} not found: `apt-get install chromium` (.ci/run and `make test` do it)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls that the
+    # tests make between browser steps are plain synchronous code all the same.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+    if previous is None:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def page(browser, live_server):
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1440, "height": 1000})
+    context.set_default_timeout(TIMEOUT_MS)
+    tab = context.new_page()
+    yield tab
+    context.close()
+
+
+@pytest.fixture
+def support(django_user_model):
+    user = django_user_model.objects.create_user("support", password="pw-support-123", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=["view_message", "view_delivery", "view_order"]))
+    return user
+
+
+def shoot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000, f"{path} looks blank"
+    return path
+
+
+def log_in(page, username: str, password: str, next_url: str = "/admin/"):
+    page.goto(f"/admin/login/?next={next_url}")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")
+    page.wait_for_load_state()
+
+
+def place(api, token="tok_visa", sku="SKU-A", quantity=1):
+    response = api.post(
+        "/api/orders/",
+        {"customer_id": "cust-e2e", "lines": [{"sku": sku, "quantity": quantity}], "payment_token": token},
+        format="json",
+    )
+    assert response.status_code == 202, response.content
+    return Order.objects.get(pk=response.json()["id"])
+
+
+def test_staff_opens_the_dashboard_from_the_admin_index_and_sees_the_chart_with_data(page, support, api, catalogue):
+    place(api)
+    place(api, token="tok_flaky")
+    place(api, token="tok_declined", sku="SKU-B")
+    total = Message.objects.count()
+
+    log_in(page, "support", "pw-support-123")
+    page.click("#catga-console >> text=Dashboard")
+    page.wait_for_url("**/admin/mediator/message/dashboard/")
+
+    chart = page.locator("svg#catga-chart")
+    chart.wait_for()
+    segments = chart.locator("rect.segment")
+    assert segments.count() >= 2  # handled and published at least
+    drawn = sum(int(segments.nth(i).get_attribute("data-count")) for i in range(segments.count()))
+    assert drawn == total
+    heights = [float(segments.nth(i).bounding_box()["height"]) for i in range(segments.count())]
+    assert all(h > 0 for h in heights), "every segment is visible on screen"
+    assert page.locator(".legend-handled").inner_text().startswith("handled: ")
+    assert page.locator("#catga-timings tbody tr").count() >= 5
+    assert page.locator(".catga-panel", has_text="Orders by status").locator("tr", has_text="Confirmed").inner_text()
+    assert "n/a" in page.locator("#catga-consumers").inner_text()
+    assert page.locator('meta[http-equiv="refresh"]').count() == 1
+    shoot(page, "dashboard")
+
+
+def test_support_finds_an_orders_conversation_by_searching_its_id(page, support, api, catalogue):
+    order = place(api, token="tok_flaky")
+    place(api)  # another order, which must not show up
+
+    log_in(page, "support", "pw-support-123", next_url="/admin/mediator/message/")
+    page.fill("#searchbar", order.id)
+    page.press("#searchbar", "Enter")
+    page.wait_for_url(re.compile(rf".*\?q={order.id}$"))
+    rows = page.locator("#result_list tbody tr")
+    assert rows.count() == 8
+    assert rows.filter(has_text="payments.ChargePayment").locator("td.field-attempts").inner_text() == "3"
+    shoot(page, "message-list-search")
+
+    rows.first.locator("td.field-conversation a").click()
+    page.wait_for_url(f"**/admin/mediator/message/conversation/{order.correlation_id}/")
+    tree = page.locator("#catga-conversation tbody tr")
+    assert tree.count() == 8
+    assert tree.first.get_attribute("data-type") == "orders.PlaceOrder"
+    assert tree.first.get_attribute("data-depth") == "0"
+    assert tree.filter(has_text="payments.PaymentCaptured").get_attribute("data-depth") == "4"
+    work_bars = page.locator(".catga-timeline .work")
+    assert work_bars.count() == 7  # every handled message has a bar; the unhandled OrderPlaced has none
+    assert all(work_bars.nth(i).bounding_box()["width"] >= 1 for i in range(work_bars.count()))
+    shoot(page, "conversation")
+
+    tree.filter(has_text="payments.ChargePayment").locator("a").first.click()
+    page.wait_for_url("**/change/")
+    attempts = page.locator(".catga-attempts tbody tr")
+    assert attempts.count() == 3
+    assert "provider timeout" in attempts.first.inner_text()
+    assert "&quot;" not in page.locator(".field-payload_pretty pre").inner_text()
+    assert '"order_id": "' + order.id in page.locator(".field-payload_pretty pre").inner_text()
+    shoot(page, "message-detail")
+
+
+def test_the_order_page_and_the_dashboard_search_lead_to_the_conversation(page, support, api, catalogue):
+    order = place(api, token="tok_declined", sku="SKU-B")
+
+    log_in(page, "support", "pw-support-123", next_url=f"/admin/orders/order/{order.id}/change/")
+    page.click("text=what happened to this order")
+    page.wait_for_url(f"**/conversation/{order.correlation_id}/")
+    assert page.locator("#catga-conversation tbody tr", has_text="orders.OrderCancelled").count() == 1
+    assert page.locator("#catga-conversation .work.status-handled").count() >= 5
+    shoot(page, "order-conversation")
+
+    page.goto("/admin/mediator/message/dashboard/?refresh=0")
+    page.fill("#catga-find-q", order.id)
+    page.click("#catga-dashboard-find input[type=submit], .catga-find input[type=submit]")
+    page.wait_for_url(f"**/conversation/{order.correlation_id}/")
+
+
+def test_a_non_staff_user_is_refused(page, customer):
+    log_in(page, "customer", "pw-cust-123", next_url="/admin/mediator/message/dashboard/")
+    assert "/admin/login/" in page.url
+    assert "staff account" in page.locator(".errornote").inner_text()
+    shoot(page, "non-staff-refused")
+
+    page.goto("/admin/mediator/message/dashboard/")
+    assert "/admin/login/" in page.url
+    assert page.locator("svg#catga-chart").count() == 0

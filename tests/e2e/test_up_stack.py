@@ -1,0 +1,129 @@
+"""`make run`'s stack (`manage.py up`) serving 100 orders end to end over HTTP.
+
+The stack runs as on a laptop: embedded NATS, SQLite in its own data folder, the
+web server and one consumer per context, all child processes of `up`.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.e2e
+
+CATALOGUE = {"SKU-KEYBOARD": 500, "SKU-MOUSE": 1000, "SKU-MONITOR": 200, "SKU-CABLE": 5000, "SKU-RARE": 3}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Client:
+    def __init__(self, base: str, token: str | None = None):
+        self.base, self.token = base, token
+
+    def call(self, method: str, path: str, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Token {self.token}")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+
+
+@pytest.fixture
+def stack(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+    env.update({"DJANGO_DEBUG": "1", "CATGA_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"})
+    log = tmp_path / "up.log"
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "up", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.monotonic() + 90
+    while "Ready: http" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the stack did not start:\n" + log.read_text(errors="replace")[-5000:])
+        time.sleep(0.1)
+    token = re.search(r"API token for 'demo': ([0-9a-f]+)", log.read_text()).group(1)
+    yield Client(f"http://127.0.0.1:{port}", token), log
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
+    try:
+        assert proc.wait(timeout=60) == 0, log.read_text(errors="replace")[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_one_hundred_orders_through_the_local_stack_all_finish_consistently(stack):
+    client, log = stack
+    skus = list(CATALOGUE)
+    tokens = ["tok_visa"] * 6 + ["tok_declined", "tok_flaky"]
+    placed = {}
+    for i in range(100):
+        lines = [{"sku": skus[i % len(skus)], "quantity": 1 + i % 3}]
+        status, order = client.call(
+            "POST", "/api/orders/",
+            {"customer_id": f"c{i % 7}", "lines": lines, "payment_token": tokens[i % len(tokens)]},
+        )
+        assert status == 202 and order["status"] == "pending"
+        placed[order["id"]] = lines
+
+    final = {}
+    deadline = time.monotonic() + 120
+    while len(final) < len(placed) and time.monotonic() < deadline:
+        for order_id in placed.keys() - final.keys():
+            _, order = client.call("GET", f"/api/orders/{order_id}/")
+            if order["status"] != "pending":
+                final[order_id] = order
+        time.sleep(0.2)
+    stuck = placed.keys() - final.keys()
+    assert not stuck, f"{len(stuck)} orders still pending:\n" + log.read_text(errors="replace")[-4000:]
+
+    statuses = Counter((o["status"], o["reason"]) for o in final.values())
+    assert set(statuses) <= {("confirmed", ""), ("cancelled", "payment_declined"), ("cancelled", "out_of_stock")}
+    for i, order_id in enumerate(placed):
+        if i % 8 == 6:  # tok_declined: never confirmed; declined unless the stock ran out first
+            expected = {"payment_declined", "out_of_stock"} if skus[i % len(skus)] == "SKU-RARE" else {"payment_declined"}
+            assert final[order_id]["reason"] in expected, final[order_id]
+        elif skus[i % len(skus)] != "SKU-RARE":
+            assert final[order_id]["status"] == "confirmed", final[order_id]
+
+    sold = Counter()
+    for order_id, order in final.items():
+        _, payments = client.call("GET", f"/api/payments/?order_id={order_id}")
+        captured = [p for p in payments["results"] if p["status"] == "captured"]
+        if order["status"] == "confirmed":
+            assert len(captured) == 1, (order_id, payments)
+            for line in placed[order_id]:
+                sold[line["sku"]] += line["quantity"]
+        else:
+            assert captured == [], (order_id, payments)
+
+    deadline = time.monotonic() + 30
+    while True:
+        _, items = client.call("GET", "/api/inventory/items/")
+        by_sku = {item["sku"]: item for item in items["results"]}
+        settled = all(item["reserved"] == 0 for item in by_sku.values())
+        if settled or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for sku, initial in CATALOGUE.items():
+        assert by_sku[sku]["reserved"] == 0, by_sku[sku]
+        assert by_sku[sku]["on_hand"] == initial - sold[sku], (sku, by_sku[sku], sold[sku])

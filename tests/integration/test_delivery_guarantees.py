@@ -1,0 +1,224 @@
+"""Delivery guarantees under failure, with real NATS, PostgreSQL (in CI) and worker processes."""
+
+import asyncio
+import signal
+import time
+from collections import Counter
+
+import msgspec
+import nats
+import pytest
+from django.db import transaction
+
+from apps.inventory.contracts import ReserveStock, StockLine
+from apps.inventory.models import Item, Reservation
+from apps.mediator.envelope import Envelope
+from apps.mediator.messages import QoS
+from apps.mediator.models import Delivery, Message
+from apps.mediator.runtime import mediator
+from apps.orders.models import Order
+from apps.payments.models import Payment
+from tests.integration.conftest import wait_until
+from tests.integration.test_distributed_flow import CONTEXTS, final_status, place
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def js_call(url, coro_factory):
+    async def run():
+        nc = await nats.connect(url)
+        try:
+            return await coro_factory(nc, nc.jetstream())
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def all_final(ids, timeout=90):
+    return [final_status(i, timeout=timeout) for i in ids]
+
+
+def assert_consistent(orders, initial_stock):
+    """No stock reserved twice, no payment captured twice, nothing lost."""
+    sold = Counter()
+    for order in orders:
+        captured = Payment.objects.filter(order_id=order.id, status="captured").count()
+        if order.status == "confirmed":
+            assert captured == 1, order.id
+            for line in order.lines.all():
+                sold[line.sku] += line.quantity
+        else:
+            assert captured == 0, order.id
+    wait_until(lambda: not Item.objects.filter(reserved__gt=0).exists(), message="reservations to settle")
+    for sku, initial in initial_stock.items():
+        assert Item.objects.get(sku=sku).on_hand == initial - sold[sku], sku
+    assert Reservation.objects.values("order_id").distinct().count() == Reservation.objects.count()
+
+
+@pytest.fixture
+def big_catalogue(db):
+    from decimal import Decimal
+
+    Item.objects.create(sku="SKU-X", name="X", price=Decimal("3.00"), on_hand=1000)
+    return {"SKU-X": 1000}
+
+
+def test_a_worker_killed_with_sigkill_loses_and_duplicates_nothing(api, big_catalogue, workers):
+    procs = {context: workers.start(context) for context in CONTEXTS}
+    ids = [place(api, [{"sku": "SKU-X", "quantity": 1}], token="tok_visa") for _ in range(40)]
+    # Kill the payments worker in the middle of the stream, then bring it back.
+    wait_until(lambda: Payment.objects.count() >= 5, message="some payments before the kill")
+    procs["payments"].send_signal(signal.SIGKILL)
+    procs["payments"].wait()
+    more = [place(api, [{"sku": "SKU-X", "quantity": 1}], token="tok_visa") for _ in range(20)]
+    workers.start("payments", CATGA_ACK_WAIT="5")
+
+    orders = all_final(ids + more)
+    assert all(o.status == "confirmed" for o in orders)
+    assert_consistent(orders, big_catalogue)
+
+
+def test_flaky_payments_confirm_after_retries_whose_delays_grow(api, catalogue, workers):
+    for context in CONTEXTS:
+        workers.start(context)
+    order = final_status(place(api, [{"sku": "SKU-A", "quantity": 1}], token="tok_flaky"))
+
+    assert order.status == "confirmed"
+    charge = Delivery.objects.get(message__type="payments.ChargePayment", message__correlation_id=order.correlation_id)
+    assert [e["outcome"] for e in charge.attempt_log] == ["retrying", "retrying", "succeeded"]
+    assert [e["attempt"] for e in charge.attempt_log] == [1, 2, 3]
+    starts = [msgspec.convert(e["started_at"], type=__import__("datetime").datetime) for e in charge.attempt_log]
+    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+    assert gaps[1] > gaps[0] > 0.2, gaps  # 0.5s base: 0.25-0.5s, then 0.5-1s
+
+
+def test_a_handler_that_always_fails_ends_dead_and_a_replay_after_the_fix_completes_the_order(
+    api, catalogue, workers
+):
+    workers.start("orders")
+    workers.start("inventory")
+    broken = workers.start("payments", FAKE_PROVIDER_OUTAGE="1", CATGA_RETRY_BACKOFF="0.05")
+    order_id = place(api, [{"sku": "SKU-A", "quantity": 1}])
+
+    charge = wait_until(
+        lambda: Delivery.objects.filter(message__type="payments.ChargePayment", status="dead").first(),
+        message="ChargePayment to be dead-lettered",
+    )
+    assert charge.attempts == 5  # ChargePayment.Meta.max_attempts
+    assert "provider outage" in charge.error
+    assert Message.objects.get(pk=charge.message_id).status == "dead"
+    dlq = js_call(workers.nats_url, lambda nc, js: js.stream_info("CATGA_DLQ"))
+    assert dlq.state.messages == 1
+
+    broken.send_signal(signal.SIGTERM)
+    assert broken.wait(30) == 0
+    workers.start("payments")  # the fix is deployed
+    result = workers.run("replay", "--dead", "--type", "payments.ChargePayment")
+    assert result.returncode == 0, result.stderr
+    assert "queued again (replay #1" in result.stdout
+
+    assert final_status(order_id).status == "confirmed"
+    charge.refresh_from_db()
+    assert charge.status == "succeeded"
+    assert [e["outcome"] for e in charge.attempt_log][-2:] == ["replayed", "succeeded"]
+    assert Message.objects.get(pk=charge.message_id).headers["replays"][0]["by"] == "manage.py replay"
+
+
+def test_garbage_and_unknown_types_are_dead_lettered_with_a_reason_and_the_worker_keeps_serving(
+    api, catalogue, workers
+):
+    for context in CONTEXTS:
+        workers.start(context)
+
+    async def poison(nc, js):
+        await js.publish("catga.inventory.cmd.ReserveStock", b"\x00\xff not json",
+                         headers={"Catga-Type": "inventory.ReserveStock", "Catga-Kind": "command",
+                                  "Nats-Msg-Id": "garbage-1"})
+        await js.publish("catga.inventory.cmd.Teleport", b"{}",
+                         headers={"Catga-Type": "inventory.Teleport", "Catga-Kind": "command",
+                                  "Nats-Msg-Id": "unknown-1"})
+        await js.publish("catga.inventory.cmd.ReserveStock", b"{}", headers=None)  # no headers at all
+
+    js_call(workers.nats_url, poison)
+
+    async def dead_letters(nc, js):
+        sub = await js.pull_subscribe("catga.dlq.>", durable=None, stream="CATGA_DLQ")
+        msgs = await sub.fetch(3, timeout=20)
+        return [dict(m.headers) for m in msgs]
+
+    wait_until(lambda: js_call(workers.nats_url, lambda nc, js: js.stream_info("CATGA_DLQ")).state.messages == 3,
+               message="three dead letters")
+    reasons = sorted(h["Catga-Dead-Reason"] for h in js_call(workers.nats_url, dead_letters))
+    assert any("undecodable body" in r for r in reasons), reasons
+    assert any("unknown message type 'inventory.Teleport'" in r for r in reasons), reasons
+    assert any("missing header" in r for r in reasons), reasons
+    # ...and the worker is still serving real orders.
+    assert final_status(place(api, [{"sku": "SKU-A", "quantity": 1}])).status == "confirmed"
+
+
+def test_sigterm_during_load_exits_zero_in_grace_and_loses_nothing(api, big_catalogue, workers):
+    procs = [workers.start(context, CATGA_SHUTDOWN_GRACE="10") for context in CONTEXTS]
+    ids = [place(api, [{"sku": "SKU-X", "quantity": 1}], token="tok_flaky") for _ in range(30)]
+    wait_until(lambda: Payment.objects.count() >= 3, message="some progress before SIGTERM")
+    started = time.monotonic()
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    codes = [proc.wait(timeout=30) for proc in procs]
+    assert codes == [0, 0, 0]
+    assert time.monotonic() - started < 12
+    assert Order.objects.filter(status="pending").exists(), "the test must stop the workers mid-stream"
+
+    for context in CONTEXTS:
+        workers.start(context)
+    orders = all_final(ids)
+    assert all(o.status == "confirmed" for o in orders)
+    assert_consistent(orders, big_catalogue)
+
+
+def test_exactly_once_the_same_message_published_twice_changes_state_once(nats_settings, catalogue, workers):
+    workers.start("inventory")
+    command = ReserveStock(order_id="eo-1", lines=(StockLine(sku="SKU-A", quantity=3),))
+    envelope = Envelope.for_message(command, qos=QoS.EXACTLY_ONCE)
+    body = msgspec.json.encode(command)
+
+    async def publish_twice(nc, js):
+        headers = envelope.to_headers()
+        first = await js.publish("catga.inventory.cmd.ReserveStock", body, headers=headers)
+        same_key = await js.publish("catga.inventory.cmd.ReserveStock", body, headers=headers)
+        # A forged re-publish with another de-duplication key gets past JetStream...
+        forged = await js.publish("catga.inventory.cmd.ReserveStock", body,
+                                  headers={**headers, "Nats-Msg-Id": envelope.id + "-again"})
+        return first, same_key, forged
+
+    first, same_key, forged = js_call(workers.nats_url, publish_twice)
+    assert same_key.duplicate and not first.duplicate and not forged.duplicate
+
+    wait_until(lambda: Delivery.objects.filter(message_id=envelope.id, status="succeeded").exists(),
+               message="the reservation")
+    wait_until(lambda: js_call(workers.nats_url, lambda nc, js: js.consumer_info("CATGA_CMD", "inventory_cmd"))
+               .num_ack_pending == 0 and js_call(workers.nats_url, lambda nc, js: js.consumer_info(
+                   "CATGA_CMD", "inventory_cmd")).num_pending == 0, message="both copies settled")
+    # ...and the inbox stops it: stock reserved once.
+    assert Item.objects.get(sku="SKU-A").reserved == 3
+    assert Delivery.objects.get(message_id=envelope.id).attempts == 1
+
+
+def test_a_countdown_message_runs_after_its_delay_once_even_across_a_worker_restart(nats_settings, catalogue,
+                                                                                     workers):
+    worker = workers.start("inventory")
+    with transaction.atomic():
+        handle = mediator.send(ReserveStock(order_id="later-1", lines=(StockLine(sku="SKU-B", quantity=2),)),
+                               countdown=3)
+    sent = time.time()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert Message.objects.get(pk=handle.message_id).status == "pending"  # durable: in the outbox, not in memory
+    workers.start("inventory")
+
+    handle.wait(timeout=30)
+    delivery = Delivery.objects.get(message_id=handle.message_id)
+    assert delivery.started_at.timestamp() >= sent + 3 - 0.1
+    assert delivery.attempts == 1
+    assert Item.objects.get(sku="SKU-B").reserved == 2
+    assert Message.objects.get(pk=handle.message_id).publish_attempts == 1

@@ -1,0 +1,210 @@
+"""The order flow across processes over a real NATS JetStream server.
+
+This test process plays the web: the REST API publishes through the outbox over
+NATS; the handlers run in `run_consumer` child processes, one per context as in
+Kubernetes.
+"""
+
+import asyncio
+import os
+from decimal import Decimal
+
+import nats
+import pytest
+from django.db import connection, transaction
+
+from apps.inventory.contracts import ReleaseStock
+from apps.inventory.models import Item
+from apps.mediator import outbox
+from apps.mediator.models import Message
+from apps.mediator.runtime import mediator
+from apps.orders.models import Order
+from apps.payments.models import Payment
+from tests.integration.conftest import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+CONTEXTS = ("orders", "inventory", "payments")
+
+
+def place(api, lines, token="tok_visa"):
+    response = api.post(
+        "/api/orders/", {"customer_id": "c-int", "lines": lines, "payment_token": token}, format="json"
+    )
+    assert response.status_code == 202, response.content
+    return response.json()["id"]
+
+
+def final_status(order_id, timeout=30):
+    def done():
+        order = Order.objects.get(pk=order_id)
+        return order if order.status != "pending" else None
+
+    return wait_until(done, timeout=timeout, message=f"order {order_id} to leave pending")
+
+
+def start_all(workers):
+    procs = [workers.start(context) for context in CONTEXTS]
+    return procs
+
+
+def test_happy_out_of_stock_and_declined_orders_across_processes(api, catalogue, workers):
+    start_all(workers)
+
+    happy = place(api, [{"sku": "SKU-A", "quantity": 2}])
+    short = place(api, [{"sku": "SKU-RARE", "quantity": 5}])
+    declined = place(api, [{"sku": "SKU-B", "quantity": 1}], token="tok_declined")
+
+    assert (final_status(happy).status, final_status(happy).reason) == ("confirmed", "")
+    assert (final_status(short).status, final_status(short).reason) == ("cancelled", "out_of_stock")
+    assert (final_status(declined).status, final_status(declined).reason) == ("cancelled", "payment_declined")
+
+    wait_until(lambda: Item.objects.get(sku="SKU-A").on_hand == 8, message="stock to be committed")
+    wait_until(lambda: Item.objects.get(sku="SKU-B").reserved == 0, message="declined stock to be released")
+    assert Item.objects.get(sku="SKU-A").reserved == 0
+    assert Item.objects.get(sku="SKU-B").on_hand == 5
+    assert Item.objects.get(sku="SKU-RARE").on_hand == 1
+    assert list(Payment.objects.filter(order_id=happy).values_list("status", flat=True)) == ["captured"]
+    assert not Payment.objects.filter(order_id=short).exists()
+    # Everything sent was published and handled by a process other than this one.
+    assert not Message.objects.filter(status__in=["pending", "failed", "dead"]).exclude(type="orders.OrderPlaced")
+
+
+def test_an_order_placed_while_nats_is_down_is_accepted_and_completes_after_it_returns(api, catalogue, workers,
+                                                                                       nats_server):
+    if os.environ.get("NATS_URL_TEST"):
+        pytest.fail("this test restarts NATS and needs the session's own nats-server (unset NATS_URL_TEST)")
+    start_all(workers)
+    warm = place(api, [{"sku": "SKU-A", "quantity": 1}])
+    assert final_status(warm).status == "confirmed"
+
+    nats_server.stop()
+    try:
+        order_id = place(api, [{"sku": "SKU-A", "quantity": 1}])  # 202 without NATS
+        assert Order.objects.get(pk=order_id).status == "pending"
+        assert Message.objects.filter(correlation_id=Order.objects.get(pk=order_id).correlation_id,
+                                      status="pending").exists()
+    finally:
+        nats_server.start()
+
+    order = final_status(order_id, timeout=60)
+    assert order.status == "confirmed"
+    assert Payment.objects.filter(order_id=order_id, status="captured").count() == 1
+    wait_until(lambda: Item.objects.get(sku="SKU-A").on_hand == 8, message="both orders' stock committed")
+
+
+def test_a_rolled_back_transaction_publishes_nothing(nats_settings, db):
+    seen: list[str] = []
+
+    async def listen(ready, stop):
+        nc = await nats.connect(nats_settings.CATGA["NATS_URL"])
+
+        async def on_message(msg):
+            seen.append(msg.headers.get("Nats-Msg-Id"))
+
+        await nc.subscribe("catga.>", cb=on_message)
+        await nc.flush()
+        ready.set()
+        await stop.wait()
+        await nc.flush()
+        await nc.close()
+
+    import threading
+
+    loop = asyncio.new_event_loop()
+    ready, stop = asyncio.Event(), asyncio.Event()
+    listener = threading.Thread(target=loop.run_until_complete, args=(listen(ready, stop),), daemon=True)
+    listener.start()
+    wait_until(ready.is_set, message="the listener to subscribe")
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        ghost = mediator.send(ReleaseStock(order_id="ghost", reason="rolled back"))
+        raise RuntimeError("the view failed after sending")
+    with transaction.atomic():
+        sentinel = mediator.send(ReleaseStock(order_id="sentinel", reason="committed"))
+
+    wait_until(lambda: sentinel.message_id in seen, message="the committed message on the wire")
+    loop.call_soon_threadsafe(stop.set)
+    listener.join(5)
+    assert ghost.message_id not in seen
+    assert not Message.objects.filter(pk=ghost.message_id).exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql" and not os.environ.get("CI"),
+                    reason="SKIP LOCKED needs PostgreSQL (set DATABASE_URL); CI always runs it")
+def test_two_relays_at_once_publish_every_outbox_row_exactly_once(nats_settings, workers):
+    assert connection.vendor == "postgresql", "CI must run this on PostgreSQL (DATABASE_URL)"
+    rows = 600
+    ids = []
+    with transaction.atomic():
+        for i in range(rows):
+            ids.append(mediator.send(ReleaseStock(order_id=f"relay-{i}", reason="relay test")).message_id)
+        # Keep the after-commit publish from sending them: this test is about the relays.
+        from apps.mediator.runtime import get_mediator
+
+        get_mediator().transport.publish = lambda batch: None
+    Message.objects.filter(pk__in=ids).update(created_at=Message.objects.get(pk=ids[0]).created_at.replace(year=2000))
+
+    counts: dict[str, int] = {}
+    done = asyncio.Event()
+
+    async def count_and_relay():
+        nc = await nats.connect(nats_settings.CATGA["NATS_URL"])
+
+        async def on_message(msg):
+            key = msg.headers.get("Nats-Msg-Id")
+            counts[key] = counts.get(key, 0) + 1
+
+        await nc.subscribe("catga.inventory.cmd.>", cb=on_message)
+        await nc.flush()
+        env = workers.env()
+        procs = [
+            await asyncio.create_subprocess_exec(
+                __import__("sys").executable, "manage.py", "relay_outbox", "--batch", "50",
+                cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]), env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            )
+            for _ in range(2)
+        ]
+        outputs = [(await p.communicate())[0].decode() for p in procs]
+        await nc.flush()
+        deadline = asyncio.get_running_loop().time() + 10
+        while sum(counts.values()) < rows and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        await nc.close()
+        done.set()
+        return outputs, [p.returncode for p in procs]
+
+    outputs, codes = asyncio.run(count_and_relay())
+    assert codes == [0, 0], outputs
+    published = [int(out.strip().splitlines()[-1].split()[-1]) for out in outputs]
+    assert sum(published) == rows, outputs
+    assert all(n > 0 for n in published), f"both relays should have taken a share: {published}"
+    assert set(counts) == set(ids)
+    assert max(counts.values()) == 1, {k: v for k, v in counts.items() if v > 1}
+    assert Message.objects.filter(pk__in=ids, status="published", publish_attempts=1).count() == rows
+    assert outbox.backlog() == 0
+
+
+def test_run_consumer_rejects_bad_options_with_a_clear_error(workers):
+    bad_context = workers.run("run_consumer", "--context", "shipping")
+    assert bad_context.returncode != 0
+    assert "unknown context(s): shipping" in bad_context.stderr
+
+    unreachable = workers.run("run_consumer", NATS_URL="nats://127.0.0.1:1", timeout=120)
+    assert unreachable.returncode != 0
+    assert "cannot reach NATS" in unreachable.stderr
+
+
+def test_stock_and_money_add_up(api, catalogue, workers):
+    start_all(workers)
+    ids = [place(api, [{"sku": "SKU-B", "quantity": 1}], token=t)
+           for t in ["tok_visa", "tok_flaky", "tok_declined", "tok_visa", "tok_visa", "tok_visa"]]
+    orders = [final_status(i, timeout=60) for i in ids]
+    confirmed = [o for o in orders if o.status == "confirmed"]
+    assert len(confirmed) == 4  # 5 in stock; one declined; the sixth is out of stock
+    wait_until(lambda: Item.objects.get(sku="SKU-B").reserved == 0, message="reservations settled")
+    assert Item.objects.get(sku="SKU-B").on_hand == 5 - len(confirmed)
+    captured = Payment.objects.filter(status="captured")
+    assert sorted(captured.values_list("order_id", flat=True)) == sorted(o.id for o in confirmed)
+    assert sum((p.amount for p in captured), Decimal("0")) == Decimal("1.25") * len(confirmed)
