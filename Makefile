@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-REQUIREMENTS := requirements/base.txt requirements/dev.txt requirements/k8s.txt requirements/k8s-checkov.txt
+REQUIREMENTS := requirements/base.txt requirements/dev.txt requirements/k8s.txt requirements/k8s-checkov.txt requirements/e2e.txt
 STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 
 .PHONY: run test lint unit integration bench clean
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 $(STAMP): $(REQUIREMENTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements/dev.txt -r requirements/k8s.txt
+	$(BIN)/python -m pip install --quiet -r requirements/dev.txt -r requirements/k8s.txt -r requirements/e2e.txt
 	# checkov (tests/k8s) in a virtualenv of its own: its dependencies stay out of the app's.
 	test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/python -m pip install --quiet -r requirements/k8s-checkov.txt
@@ -20,8 +20,14 @@ $(STAMP): $(REQUIREMENTS)
 run: $(STAMP)
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py up
 
+## Headless Chromium for the browser tests (tests/e2e): Debian's package, driven by
+## Playwright through executable_path (Playwright's own browser download is never used).
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update && apt-get install -y chromium
+
 ## Lint, the layer contract and every test tier (what CI runs).
-test: $(STAMP) lint
+test: $(STAMP) lint $(CHROMIUM)
 	DJANGO_DEBUG=0 $(BIN)/python -m pytest
 
 lint: $(STAMP)

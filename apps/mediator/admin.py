@@ -125,12 +125,12 @@ class MessageAdmin(ReadOnlyAdmin):
     fieldsets = [
         (None, {"fields": ["id", "type", "kind", "context", "status_badge", "qos"]}),
         ("Conversation", {"fields": ["conversation_link", "cause", "consequences"]}),
-        ("Outbox", {"fields": ["created", "available", "published", "publish_attempts", "last_error"]}),
+        ("Outbox", {"fields": ["created_precise", "available", "published", "publish_attempts", "last_error"]}),
         ("Content", {"fields": ["payload_pretty", "headers_pretty"]}),
     ]
     readonly_fields = [
         "status_badge",
-        "created",
+        "created_precise",
         "available",
         "published",
         "conversation_link",
@@ -178,14 +178,18 @@ class MessageAdmin(ReadOnlyAdmin):
         day, time = precise(obj.created_at, digits=3).split(" ")
         return format_html('{}<br><small class="catga-muted">{}</small>', time, day)
 
-    @admin.display(description="conversation")
+    @admin.display(description="timeline")
     def conversation(self, obj):
         url = conversation_url(obj.correlation_id)
-        return format_html('<a href="{}" title="correlation id {}">timeline</a>', url, obj.correlation_id)
+        return format_html('<a href="{}" title="the conversation {}">view&nbsp;›</a>', url, obj.correlation_id)
 
     @admin.display(description="conversation")
     def conversation_link(self, obj):
         return format_html('<a href="{}">{}</a>', conversation_url(obj.correlation_id), obj.correlation_id)
+
+    @admin.display(description="created (UTC)")
+    def created_precise(self, obj):
+        return precise(obj.created_at)
 
     @admin.display(description="available from (UTC)")
     def available(self, obj):

@@ -5,21 +5,20 @@ Outcome (ack, retry after a delay, or dead with a reason). The transport only
 turns that outcome into its own acknowledgement; the decision is made here, once.
 """
 
-import datetime as dt
 import random
 import traceback
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from django.db import transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from apps.mediator import codec, history
 from apps.mediator.conf import catga_settings
 from apps.mediator.context import current_envelope
 from apps.mediator.envelope import Envelope
-from apps.mediator.errors import AttemptsExhausted, HandlerTimeout, PermanentError, UndecodableMessage
+from apps.mediator.errors import AttemptsExhausted, PermanentError, UndecodableMessage
 from apps.mediator.messages import Kind, Message, QoS, message_type
 from apps.mediator.models import Delivery
 from apps.mediator.models import Message as MessageRow
@@ -72,7 +71,10 @@ class Dispatcher:
         started = timezone.now()
         try:
             with transaction.atomic():
-                delivery, created = Delivery.objects.select_for_update().get_or_create(
+                # NOWAIT: a copy of this message still being handled elsewhere (a timed-out
+                # stray, a redelivery racing the original) makes this attempt fail fast and
+                # retry later, instead of parking a handler thread on the lock.
+                delivery, created = Delivery.objects.select_for_update(nowait=_NOWAIT()).get_or_create(
                     message_id=envelope.id,
                     handler=spec.name,
                     defaults={"context": spec.context, "first_started_at": started},
@@ -110,19 +112,34 @@ class Dispatcher:
     def max_attempts(message) -> int:
         return message.options.max_attempts or catga_settings.MAX_ATTEMPTS
 
-    def timed_out(self, envelope: Envelope, context: str | None, seconds: float) -> Outcome:
-        """The worker gave up waiting for this delivery's handlers: record it, retry or bury it."""
+    def timed_out(self, envelope: Envelope, seconds: float) -> Outcome:
+        """The worker stopped waiting for a handler: retry the message, or bury it when out of attempts.
+
+        Nothing is written here: the handler's thread still holds its inbox row and will
+        record its own outcome; `note_timeout` adds the timeout to the log afterwards.
+        """
         cls = message_type(envelope.type)
-        if cls is None:
-            return Outcome(RETRY, delay=backoff(envelope.attempt), reason="timed out")
-        exc = HandlerTimeout(f"handler did not finish within {seconds:g}s")
-        started = timezone.now() - dt.timedelta(seconds=seconds)
-        outcomes = [
-            self._failed(spec, cls, envelope, exc, started) for spec in self.registry.handlers_for(cls, context)
-        ]
-        return max(outcomes, key=lambda o: (o.action == RETRY, o.delay)) if outcomes else Outcome(ACK)
+        reason = f"HandlerTimeout: handler did not finish within {seconds:g}s"
+        if cls is not None and envelope.attempt >= self.max_attempts(cls):
+            return Outcome(DEAD, reason=f"gave up after {envelope.attempt} attempts: {reason}")
+        return Outcome(RETRY, delay=backoff(envelope.attempt), reason=reason)
+
+    def note_timeout(self, envelope: Envelope, context: str | None, seconds: float) -> None:
+        """Once a timed-out handler has ended, put the timeout on its delivery's record."""
+        with transaction.atomic():
+            for delivery in Delivery.objects.select_for_update().filter(message_id=envelope.id, context=context or ""):
+                now = timezone.now()
+                entry = history.log_entry(
+                    envelope.attempt, now, now, "timed_out", f"HandlerTimeout: ran past its {seconds:g}s timeout"
+                )
+                delivery.attempt_log = [*delivery.attempt_log, entry]
+                delivery.save(update_fields=["attempt_log"])
 
     def _failed(self, spec, message, envelope, exc, started) -> Outcome:
+        if _lock_busy(exc):
+            # Another copy of this delivery is still running (it holds the inbox row):
+            # come back later; that copy records its own outcome, so write nothing here.
+            return Outcome(RETRY, delay=max(backoff(envelope.attempt), 1.0), reason="busy: handled elsewhere")
         max_attempts = self.max_attempts(message)
         # AtMostOnce promises no second delivery: every failure is final.
         permanent = isinstance(exc, PermanentError) or envelope.qos is QoS.AT_MOST_ONCE
@@ -152,6 +169,15 @@ class Dispatcher:
                 envelope, "(decode)", "", status=Delivery.Status.DEAD, started=now, error=reason, tb=""
             )
         return Outcome(DEAD, reason=reason)
+
+
+def _lock_busy(exc: BaseException) -> bool:
+    """PostgreSQL's lock_not_available, raised by FOR UPDATE NOWAIT."""
+    return isinstance(exc, OperationalError) and getattr(exc.__cause__, "sqlstate", None) == "55P03"
+
+
+def _NOWAIT() -> bool:
+    return connection.features.has_select_for_update_nowait
 
 
 def _jsonable(value: Any) -> Any:

@@ -42,9 +42,5 @@ class UndecodableMessage(PermanentError):
     """Bytes or headers that cannot be turned into a known, valid message."""
 
 
-class HandlerTimeout(TransientError):
-    """The handler ran past its timeout; the delivery is retried (its effects stay guarded by the inbox)."""
-
-
 class AttemptsExhausted(PermanentError):
     """Delivered more often than allowed without ever settling (the worker died handling it)."""

@@ -273,7 +273,13 @@ class Worker:
             if done:
                 return future.result(), None
             if self.loop.time() >= deadline:
-                return await self._run(self.dispatcher.timed_out, envelope, durable.context, timeout), future
+                logger.warning("%s %s ran past its %gs timeout; retrying it", envelope.type, envelope.id, timeout)
+                future.add_done_callback(
+                    lambda _: self.loop.create_task(
+                        self._run(self.dispatcher.note_timeout, envelope, durable.context, timeout)
+                    )
+                )
+                return self.dispatcher.timed_out(envelope, timeout), future
             await msg.in_progress()
 
     async def _run(self, func, *args, **kwargs) -> Outcome:

@@ -6,11 +6,13 @@ tok_flaky     fails transiently on the first two attempts, then succeeds
 anything else is declined as an unknown card
 
 With FAKE_PROVIDER_OUTAGE=1 in the environment every charge fails transiently, as
-when the real provider is down (used to exercise retries, dead letters and replay).
+when the real provider is down; FAKE_PROVIDER_DELAY=<seconds> makes every charge that
+slow (used to exercise retries, dead letters, replay, heartbeats and timeouts).
 """
 
 import hashlib
 import os
+import time
 from decimal import Decimal
 
 
@@ -29,6 +31,9 @@ FLAKY_FAILURES = 2
 
 def charge(*, token: str, amount: Decimal, order_id: str, attempt: int) -> str:
     """Capture `amount`; returns the provider's charge reference."""
+    delay = float(os.environ.get("FAKE_PROVIDER_DELAY", "0"))
+    if delay:
+        time.sleep(delay)
     if os.environ.get("FAKE_PROVIDER_OUTAGE") == "1":
         raise ProviderUnavailable("provider outage")
     if token == "tok_declined":

@@ -5,6 +5,7 @@ whole flow before the call returns), then a support person works in the admin se
 by pytest-django's live_server. Each page is saved to artifacts/screenshots/.
 """
 
+import datetime as dt
 import os
 import re
 import shutil
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.utils import timezone
 
 from apps.mediator.models import Message
 from apps.orders.models import Order
+from tests.unit.test_admin_scale import generate_history
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -96,23 +99,31 @@ def place(api, token="tok_visa", sku="SKU-A", quantity=1):
 
 
 def test_staff_opens_the_dashboard_from_the_admin_index_and_sees_the_chart_with_data(page, support, api, catalogue):
+    generate_history(3_000, minutes=60)  # a busy hour behind the orders placed now
     place(api)
     place(api, token="tok_flaky")
     place(api, token="tok_declined", sku="SKU-B")
-    total = Message.objects.count()
 
     log_in(page, "support", "pw-support-123")
+    before = timezone.now()
     page.click("#catga-console >> text=Dashboard")
     page.wait_for_url("**/admin/mediator/message/dashboard/")
+    after = timezone.now()
 
     chart = page.locator("svg#catga-chart")
     chart.wait_for()
     segments = chart.locator("rect.segment")
     assert segments.count() >= 2  # handled and published at least
-    drawn = sum(int(segments.nth(i).get_attribute("data-count")) for i in range(segments.count()))
-    assert drawn == total
-    heights = [float(segments.nth(i).bounding_box()["height"]) for i in range(segments.count())]
+    counts = segments.evaluate_all("rects => rects.map(r => Number(r.dataset.count))")
+    # The window is the 60 whole minutes up to the moment of rendering, between `before` and `after`.
+    surely_in = Message.objects.filter(created_at__gte=after - dt.timedelta(minutes=59)).count()
+    maybe_in = Message.objects.filter(created_at__gte=before - dt.timedelta(minutes=60)).count()
+    assert surely_in <= sum(counts) <= maybe_in
+    heights = segments.evaluate_all("rects => rects.map(r => r.getBoundingClientRect().height)")
     assert all(h > 0 for h in heights), "every segment is visible on screen"
+    bars = chart.locator("g.bar").evaluate_all("bars => bars.map(b => Number(b.dataset.total))")
+    assert len(bars) == 60 and sum(1 for n in bars if n) >= 55
+    assert page.locator(".legend-dead").inner_text() != "dead: 0"  # the generated hour has dead letters
     assert page.locator(".legend-handled").inner_text().startswith("handled: ")
     assert page.locator("#catga-timings tbody tr").count() >= 5
     assert page.locator(".catga-panel", has_text="Orders by status").locator("tr", has_text="Confirmed").inner_text()

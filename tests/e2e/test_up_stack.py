@@ -53,7 +53,11 @@ def stack(tmp_path):
     log = tmp_path / "up.log"
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "up", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 90
     while "Ready: http" not in log.read_text(errors="replace"):
@@ -79,7 +83,8 @@ def test_one_hundred_orders_through_the_local_stack_all_finish_consistently(stac
     for i in range(100):
         lines = [{"sku": skus[i % len(skus)], "quantity": 1 + i % 3}]
         status, order = client.call(
-            "POST", "/api/orders/",
+            "POST",
+            "/api/orders/",
             {"customer_id": f"c{i % 7}", "lines": lines, "payment_token": tokens[i % len(tokens)]},
         )
         assert status == 202 and order["status"] == "pending"
@@ -100,7 +105,9 @@ def test_one_hundred_orders_through_the_local_stack_all_finish_consistently(stac
     assert set(statuses) <= {("confirmed", ""), ("cancelled", "payment_declined"), ("cancelled", "out_of_stock")}
     for i, order_id in enumerate(placed):
         if i % 8 == 6:  # tok_declined: never confirmed; declined unless the stock ran out first
-            expected = {"payment_declined", "out_of_stock"} if skus[i % len(skus)] == "SKU-RARE" else {"payment_declined"}
+            expected = (
+                {"payment_declined", "out_of_stock"} if skus[i % len(skus)] == "SKU-RARE" else {"payment_declined"}
+            )
             assert final[order_id]["reason"] in expected, final[order_id]
         elif skus[i % len(skus)] != "SKU-RARE":
             assert final[order_id]["status"] == "confirmed", final[order_id]

@@ -163,14 +163,21 @@ class Workers:
         proc.health_port = health_port
         self.procs.append(("+".join(contexts) or "all", proc, log))
         if wait:
-            wait_until(lambda: proc.poll() is not None or probe(health_port, "/health/ready") == 200,
-                       timeout=60, message=f"worker {contexts} to be ready")
+            wait_until(
+                lambda: proc.poll() is not None or probe(health_port, "/health/ready") == 200,
+                timeout=60,
+                message=f"worker {contexts} to be ready",
+            )
             assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
         return proc
 
     def run(self, *argv: str, timeout: float = 60, **env) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "manage.py", *argv], cwd=ROOT, env=self.env(**env), capture_output=True, text=True,
+            [sys.executable, "manage.py", *argv],
+            cwd=ROOT,
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
 

@@ -1,6 +1,7 @@
 """Delivery guarantees under failure, with real NATS, PostgreSQL (in CI) and worker processes."""
 
 import asyncio
+import itertools
 import signal
 import time
 from collections import Counter
@@ -89,13 +90,11 @@ def test_flaky_payments_confirm_after_retries_whose_delays_grow(api, catalogue, 
     assert [e["outcome"] for e in charge.attempt_log] == ["retrying", "retrying", "succeeded"]
     assert [e["attempt"] for e in charge.attempt_log] == [1, 2, 3]
     starts = [msgspec.convert(e["started_at"], type=__import__("datetime").datetime) for e in charge.attempt_log]
-    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
     assert gaps[1] > gaps[0] > 0.2, gaps  # 0.5s base: 0.25-0.5s, then 0.5-1s
 
 
-def test_a_handler_that_always_fails_ends_dead_and_a_replay_after_the_fix_completes_the_order(
-    api, catalogue, workers
-):
+def test_a_handler_that_always_fails_ends_dead_and_a_replay_after_the_fix_completes_the_order(api, catalogue, workers):
     workers.start("orders")
     workers.start("inventory")
     broken = workers.start("payments", FAKE_PROVIDER_OUTAGE="1", CATGA_RETRY_BACKOFF="0.05")
@@ -132,12 +131,16 @@ def test_garbage_and_unknown_types_are_dead_lettered_with_a_reason_and_the_worke
         workers.start(context)
 
     async def poison(nc, js):
-        await js.publish("catga.inventory.cmd.ReserveStock", b"\x00\xff not json",
-                         headers={"Catga-Type": "inventory.ReserveStock", "Catga-Kind": "command",
-                                  "Nats-Msg-Id": "garbage-1"})
-        await js.publish("catga.inventory.cmd.Teleport", b"{}",
-                         headers={"Catga-Type": "inventory.Teleport", "Catga-Kind": "command",
-                                  "Nats-Msg-Id": "unknown-1"})
+        await js.publish(
+            "catga.inventory.cmd.ReserveStock",
+            b"\x00\xff not json",
+            headers={"Catga-Type": "inventory.ReserveStock", "Catga-Kind": "command", "Nats-Msg-Id": "garbage-1"},
+        )
+        await js.publish(
+            "catga.inventory.cmd.Teleport",
+            b"{}",
+            headers={"Catga-Type": "inventory.Teleport", "Catga-Kind": "command", "Nats-Msg-Id": "unknown-1"},
+        )
         await js.publish("catga.inventory.cmd.ReserveStock", b"{}", headers=None)  # no headers at all
 
     js_call(workers.nats_url, poison)
@@ -147,8 +150,10 @@ def test_garbage_and_unknown_types_are_dead_lettered_with_a_reason_and_the_worke
         msgs = await sub.fetch(3, timeout=20)
         return [dict(m.headers) for m in msgs]
 
-    wait_until(lambda: js_call(workers.nats_url, lambda nc, js: js.stream_info("CATGA_DLQ")).state.messages == 3,
-               message="three dead letters")
+    wait_until(
+        lambda: js_call(workers.nats_url, lambda nc, js: js.stream_info("CATGA_DLQ")).state.messages == 3,
+        message="three dead letters",
+    )
     reasons = sorted(h["Catga-Dead-Reason"] for h in js_call(workers.nats_url, dead_letters))
     assert any("undecodable body" in r for r in reasons), reasons
     assert any("unknown message type 'inventory.Teleport'" in r for r in reasons), reasons
@@ -187,29 +192,37 @@ def test_exactly_once_the_same_message_published_twice_changes_state_once(nats_s
         first = await js.publish("catga.inventory.cmd.ReserveStock", body, headers=headers)
         same_key = await js.publish("catga.inventory.cmd.ReserveStock", body, headers=headers)
         # A forged re-publish with another de-duplication key gets past JetStream...
-        forged = await js.publish("catga.inventory.cmd.ReserveStock", body,
-                                  headers={**headers, "Nats-Msg-Id": envelope.id + "-again"})
+        forged = await js.publish(
+            "catga.inventory.cmd.ReserveStock", body, headers={**headers, "Nats-Msg-Id": envelope.id + "-again"}
+        )
         return first, same_key, forged
 
     first, same_key, forged = js_call(workers.nats_url, publish_twice)
     assert same_key.duplicate and not first.duplicate and not forged.duplicate
 
-    wait_until(lambda: Delivery.objects.filter(message_id=envelope.id, status="succeeded").exists(),
-               message="the reservation")
-    wait_until(lambda: js_call(workers.nats_url, lambda nc, js: js.consumer_info("CATGA_CMD", "inventory_cmd"))
-               .num_ack_pending == 0 and js_call(workers.nats_url, lambda nc, js: js.consumer_info(
-                   "CATGA_CMD", "inventory_cmd")).num_pending == 0, message="both copies settled")
+    wait_until(
+        lambda: Delivery.objects.filter(message_id=envelope.id, status="succeeded").exists(), message="the reservation"
+    )
+    wait_until(
+        lambda: (
+            js_call(workers.nats_url, lambda nc, js: js.consumer_info("CATGA_CMD", "inventory_cmd")).num_ack_pending
+            == 0
+            and js_call(workers.nats_url, lambda nc, js: js.consumer_info("CATGA_CMD", "inventory_cmd")).num_pending
+            == 0
+        ),
+        message="both copies settled",
+    )
     # ...and the inbox stops it: stock reserved once.
     assert Item.objects.get(sku="SKU-A").reserved == 3
     assert Delivery.objects.get(message_id=envelope.id).attempts == 1
 
 
-def test_a_countdown_message_runs_after_its_delay_once_even_across_a_worker_restart(nats_settings, catalogue,
-                                                                                     workers):
+def test_a_countdown_message_runs_after_its_delay_once_even_across_a_worker_restart(nats_settings, catalogue, workers):
     worker = workers.start("inventory")
     with transaction.atomic():
-        handle = mediator.send(ReserveStock(order_id="later-1", lines=(StockLine(sku="SKU-B", quantity=2),)),
-                               countdown=3)
+        handle = mediator.send(
+            ReserveStock(order_id="later-1", lines=(StockLine(sku="SKU-B", quantity=2),)), countdown=3
+        )
     sent = time.time()
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 0
@@ -222,3 +235,63 @@ def test_a_countdown_message_runs_after_its_delay_once_even_across_a_worker_rest
     assert delivery.attempts == 1
     assert Item.objects.get(sku="SKU-B").reserved == 2
     assert Message.objects.get(pk=handle.message_id).publish_attempts == 1
+
+
+def test_a_long_handler_sends_heartbeats_instead_of_being_redelivered(api, catalogue, workers):
+    workers.start("orders")
+    workers.start("inventory")
+    # ACK_WAIT 2s, the charge takes 5s: without in-progress heartbeats JetStream would redeliver it.
+    workers.start("payments", FAKE_PROVIDER_DELAY="5", CATGA_ACK_WAIT="2")
+
+    order = final_status(place(api, [{"sku": "SKU-A", "quantity": 1}]), timeout=60)
+    assert order.status == "confirmed"
+    charge = Delivery.objects.get(message__type="payments.ChargePayment", message__correlation_id=order.correlation_id)
+    assert charge.attempts == 1 and charge.duration_ms >= 5000
+    info = js_call(workers.nats_url, lambda nc, js: js.consumer_info("CATGA_CMD", "payments_cmd"))
+    assert info.num_redelivered == 0
+
+
+def test_a_handler_past_its_timeout_is_retried_without_running_twice(api, catalogue, workers):
+    workers.start("orders")
+    workers.start("inventory")
+    workers.start("payments", FAKE_PROVIDER_DELAY="3", CATGA_HANDLER_TIMEOUT="1", CATGA_RETRY_BACKOFF="0.05")
+
+    order = final_status(place(api, [{"sku": "SKU-A", "quantity": 1}]), timeout=60)
+    assert order.status == "confirmed"
+    charge = Delivery.objects.get(message__type="payments.ChargePayment", message__correlation_id=order.correlation_id)
+    wait_until(
+        lambda: Delivery.objects.get(pk=charge.pk).attempt_log[-1]["outcome"] == "timed_out",
+        message="the timeout noted on the delivery",
+    )
+    charge.refresh_from_db()
+    outcomes = [e["outcome"] for e in charge.attempt_log]
+    # The handler ran once. The retry waited on the first run's (uncommitted) inbox row, may
+    # itself have passed the timeout while waiting, then found the work done.
+    assert outcomes[0] == "succeeded" and set(outcomes[1:]) == {"timed_out"}, outcomes
+    assert "ran past its 1s timeout" in charge.attempt_log[-1]["error"]
+    assert Payment.objects.filter(order_id=order.id).count() == 1
+    info = js_call(workers.nats_url, lambda nc, js: js.consumer_info("CATGA_CMD", "payments_cmd"))
+    assert info.delivered.consumer_seq >= 2  # one ChargePayment, delivered again after the timeout
+
+
+def test_at_most_once_messages_skip_the_streams(nats_settings, catalogue, workers):
+    from apps.inventory.contracts import ReleaseStock
+
+    declared = ReleaseStock.options
+    ReleaseStock.options = msgspec.structs.replace(declared, qos=QoS.AT_MOST_ONCE)
+    try:
+        with transaction.atomic():
+            lost = mediator.send(ReleaseStock(order_id="nobody-listening"))  # no worker yet: gone
+        workers.start("inventory")
+        with transaction.atomic():
+            handled = mediator.send(ReleaseStock(order_id="amo-1"))
+        wait_until(
+            lambda: Delivery.objects.filter(message_id=handled.message_id, status="succeeded").exists(),
+            message="the at-most-once command to be handled",
+        )
+    finally:
+        ReleaseStock.options = declared
+    assert Message.objects.get(pk=lost.message_id).status == "published"
+    assert not Delivery.objects.filter(message_id=lost.message_id).exists()
+    cmd = js_call(workers.nats_url, lambda nc, js: js.stream_info("CATGA_CMD"))
+    assert cmd.state.messages == 0  # nothing stored

@@ -28,9 +28,7 @@ CONTEXTS = ("orders", "inventory", "payments")
 
 
 def place(api, lines, token="tok_visa"):
-    response = api.post(
-        "/api/orders/", {"customer_id": "c-int", "lines": lines, "payment_token": token}, format="json"
-    )
+    response = api.post("/api/orders/", {"customer_id": "c-int", "lines": lines, "payment_token": token}, format="json")
     assert response.status_code == 202, response.content
     return response.json()["id"]
 
@@ -70,8 +68,9 @@ def test_happy_out_of_stock_and_declined_orders_across_processes(api, catalogue,
     assert not Message.objects.filter(status__in=["pending", "failed", "dead"]).exclude(type="orders.OrderPlaced")
 
 
-def test_an_order_placed_while_nats_is_down_is_accepted_and_completes_after_it_returns(api, catalogue, workers,
-                                                                                       nats_server):
+def test_an_order_placed_while_nats_is_down_is_accepted_and_completes_after_it_returns(
+    api, catalogue, workers, nats_server
+):
     if os.environ.get("NATS_URL_TEST"):
         pytest.fail("this test restarts NATS and needs the session's own nats-server (unset NATS_URL_TEST)")
     start_all(workers)
@@ -82,8 +81,9 @@ def test_an_order_placed_while_nats_is_down_is_accepted_and_completes_after_it_r
     try:
         order_id = place(api, [{"sku": "SKU-A", "quantity": 1}])  # 202 without NATS
         assert Order.objects.get(pk=order_id).status == "pending"
-        assert Message.objects.filter(correlation_id=Order.objects.get(pk=order_id).correlation_id,
-                                      status="pending").exists()
+        assert Message.objects.filter(
+            correlation_id=Order.objects.get(pk=order_id).correlation_id, status="pending"
+        ).exists()
     finally:
         nats_server.start()
 
@@ -130,8 +130,10 @@ def test_a_rolled_back_transaction_publishes_nothing(nats_settings, db):
     assert not Message.objects.filter(pk=ghost.message_id).exists()
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql" and not os.environ.get("CI"),
-                    reason="SKIP LOCKED needs PostgreSQL (set DATABASE_URL); CI always runs it")
+@pytest.mark.skipif(
+    connection.vendor != "postgresql" and not os.environ.get("CI"),
+    reason="SKIP LOCKED needs PostgreSQL (set DATABASE_URL); CI always runs it",
+)
 def test_two_relays_at_once_publish_every_outbox_row_exactly_once(nats_settings, workers):
     assert connection.vendor == "postgresql", "CI must run this on PostgreSQL (DATABASE_URL)"
     rows = 600
@@ -160,9 +162,15 @@ def test_two_relays_at_once_publish_every_outbox_row_exactly_once(nats_settings,
         env = workers.env()
         procs = [
             await asyncio.create_subprocess_exec(
-                __import__("sys").executable, "manage.py", "relay_outbox", "--batch", "50",
-                cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]), env=env,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+                __import__("sys").executable,
+                "manage.py",
+                "relay_outbox",
+                "--batch",
+                "50",
+                cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]),
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
             )
             for _ in range(2)
         ]
@@ -198,8 +206,10 @@ def test_run_consumer_rejects_bad_options_with_a_clear_error(workers):
 
 def test_stock_and_money_add_up(api, catalogue, workers):
     start_all(workers)
-    ids = [place(api, [{"sku": "SKU-B", "quantity": 1}], token=t)
-           for t in ["tok_visa", "tok_flaky", "tok_declined", "tok_visa", "tok_visa", "tok_visa"]]
+    ids = [
+        place(api, [{"sku": "SKU-B", "quantity": 1}], token=t)
+        for t in ["tok_visa", "tok_flaky", "tok_declined", "tok_visa", "tok_visa", "tok_visa"]
+    ]
     orders = [final_status(i, timeout=60) for i in ids]
     confirmed = [o for o in orders if o.status == "confirmed"]
     assert len(confirmed) == 4  # 5 in stock; one declined; the sixth is out of stock

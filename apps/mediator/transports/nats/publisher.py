@@ -8,8 +8,8 @@ outbox for the relay. The loop thread is recreated after fork (gunicorn preload)
 """
 
 import asyncio
-import contextlib
 import concurrent.futures
+import contextlib
 import logging
 import os
 import threading
