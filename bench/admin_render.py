@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+PLAIN_STATIC = "django.contrib.staticfiles.storage.StaticFilesStorage"
 PAGES = [
     ("message list", "/admin/mediator/message/"),
     ("list, page 20", "/admin/mediator/message/?p=20"),
@@ -42,6 +43,7 @@ def main() -> None:
     os.environ.setdefault("DATABASE_URL", f"sqlite:///{args.db or Path(workdir) / 'bench.sqlite3'}")
     os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-a-secret")
     os.environ.setdefault("CATGA_DATA_DIR", workdir)
+    os.environ.setdefault("DJANGO_STATIC_ROOT", workdir)  # nothing is collected; whitenoise wants a folder
     os.environ["CATGA_TRANSPORT"] = "memory"
     os.environ["DJANGO_DEBUG"] = "0"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "catga_site.settings")
@@ -53,18 +55,23 @@ def main() -> None:
     from django.core.management import call_command
     from django.db import connection
     from django.test import Client
-    from django.test.utils import CaptureQueriesContext, setup_test_environment
+    from django.conf import settings
+    from django.test.utils import CaptureQueriesContext, override_settings, setup_test_environment
 
     from apps.mediator.models import Message
     from tests.unit.test_admin_scale import generate_history
 
     setup_test_environment()  # lets the test client's host through ALLOWED_HOSTS
+    # Production settings want collected, hashed static files; the pages only need their URLs.
+    override_settings(STORAGES={**settings.STORAGES, "staticfiles": {"BACKEND": PLAIN_STATIC}}).enable()
     call_command("migrate", verbosity=0)
     print(f"database: {connection.vendor} {connection.settings_dict['NAME']}")
     if not Message.objects.exists():
         started = time.perf_counter()
         generate_history(args.rows)
         print(f"generated {args.rows} messages in {time.perf_counter() - started:.1f} s")
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")  # planner statistics, as autovacuum keeps them in production
     print(f"history: {Message.objects.count()} messages")
 
     user, _ = User.objects.get_or_create(username="bench", defaults={"is_staff": True})

@@ -69,6 +69,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves the collected static files (the admin's CSS/JS) from gunicorn, no extra web server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -130,6 +132,14 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG or TESTING
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -159,12 +169,24 @@ CATGA = {
     "RETRY_BACKOFF": float(os.environ.get("CATGA_RETRY_BACKOFF", "0.5")),
     "HANDLER_TIMEOUT": float(os.environ.get("CATGA_HANDLER_TIMEOUT", "30")),
     "ACK_WAIT": float(os.environ.get("CATGA_ACK_WAIT", "30")),
+    "RECORD_HISTORY": env_bool("CATGA_RECORD_HISTORY", True),
     "CONTEXTS": {
         "orders": "apps.orders.handlers",
         "inventory": "apps.inventory.handlers",
         "payments": "apps.payments.handlers",
     },
 }
+
+# Extra bounded contexts, "name=handlers.module" comma separated, e.g. the benchmarks'
+# CATGA_EXTRA_CONTEXTS=bench=bench.noop_app.handlers; each module's package is installed too.
+for _name, _, _module in (item.partition("=") for item in env_list("CATGA_EXTRA_CONTEXTS", "")):
+    if not _module:
+        raise ImproperlyConfigured(f"CATGA_EXTRA_CONTEXTS: {_name!r} is not name=handlers.module")
+    CATGA["CONTEXTS"][_name] = _module
+    INSTALLED_APPS.append(_module.rpartition(".")[0])
+
+# Seconds each step of the order saga may take before it compensates and cancels.
+ORDER_STEP_TIMEOUT = float(os.environ.get("ORDER_STEP_TIMEOUT", "60"))
 
 LOGGING = {
     "version": 1,

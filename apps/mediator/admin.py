@@ -181,7 +181,7 @@ class MessageAdmin(ReadOnlyAdmin):
     @admin.display(description="timeline")
     def conversation(self, obj):
         url = conversation_url(obj.correlation_id)
-        return format_html('<a href="{}" title="the conversation {}">view&nbsp;›</a>', url, obj.correlation_id)
+        return format_html('<a href="{}" title="the conversation {}">view&nbsp;&rsaquo;</a>', url, obj.correlation_id)
 
     @admin.display(description="conversation")
     def conversation_link(self, obj):
@@ -299,10 +299,17 @@ def _clock(value: str | None) -> str:
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyAdmin):
     list_display = ["message", "handler", "context", "status_badge", "attempts", "duration_ms", "finished_at"]
-    list_filter = ["status", "context"]
+    list_filter = ["status", ContextFilter]
     search_fields = ["=message__id", "=message__correlation_id"]
+    search_help_text = "A message id or a correlation id."
     list_select_related = ["message"]
     sortable_by = ["finished_at"]
+
+    def get_search_results(self, request, queryset, search_term):
+        term = normalise_id(search_term)
+        if not term:
+            return queryset, False
+        return queryset.filter(Q(message_id=term) | Q(message__correlation_id=term)), False
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):

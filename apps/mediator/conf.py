@@ -33,6 +33,13 @@ RELAY_GRACE         Age in seconds before the relay takes over an unpublished ro
                     (younger rows are still being published right after commit).
 RELAY_BATCH         Rows per relay transaction.
 SHUTDOWN_GRACE      Seconds run_consumer gives in-flight handlers after SIGTERM.
+LIVENESS_WINDOW     Seconds without progress (a fetch returning, a handler heartbeat) before
+                    run_consumer's /health/live fails and Kubernetes restarts it.
+METRICS_INTERVAL    Seconds between run_consumer's readings of JetStream lag and outbox backlog.
+TRACING             Record OpenTelemetry spans (needs TRACE_OTLP or TRACE_FILE to send them).
+TRACE_OTLP          Export spans over OTLP/HTTP (configured by the OTEL_EXPORTER_OTLP_* variables).
+TRACE_FILE          Also write finished spans as JSON lines to this file (debugging, tests).
+SERVICE_NAME        OpenTelemetry service.name of this process.
 """
 
 from django.conf import settings
@@ -43,7 +50,9 @@ DEFAULTS = {
     "NATS_URL": "nats://127.0.0.1:4222",
     "CONTEXTS": {},
     "BEHAVIORS": [
+        "apps.mediator.observability.TracingBehavior",
         "apps.mediator.behaviors.LoggingBehavior",
+        "apps.mediator.observability.MetricsBehavior",
         "apps.mediator.behaviors.ValidationBehavior",
     ],
     "DEFAULT_QOS": "at_least_once",
@@ -72,6 +81,12 @@ DEFAULTS = {
     "RELAY_GRACE": 5.0,
     "RELAY_BATCH": 200,
     "SHUTDOWN_GRACE": 20.0,
+    "LIVENESS_WINDOW": 30.0,
+    "METRICS_INTERVAL": 15.0,
+    "TRACING": False,
+    "TRACE_OTLP": False,
+    "TRACE_FILE": "",
+    "SERVICE_NAME": "catga",
 }
 
 

@@ -86,6 +86,8 @@ class Dispatcher:
                 token = current_envelope.set(envelope)
                 try:
                     result = self.pipeline.run(message, HandlerContext(envelope=envelope, handler=spec))
+                    if envelope.workflow:
+                        workflows().member_succeeded(envelope, _jsonable(result))
                 finally:
                     current_envelope.reset(token)
                 finished = timezone.now()
@@ -156,6 +158,8 @@ class Dispatcher:
                 error=error,
                 tb="".join(traceback.format_exception(exc)),
             )
+            if status == Delivery.Status.DEAD and envelope.workflow:
+                workflows().member_failed(envelope, error)
         if status == Delivery.Status.RETRYING:
             return Outcome(RETRY, delay=backoff(envelope.attempt), reason=error)
         why = "non-retryable error" if permanent else f"gave up after {envelope.attempt} attempts"
@@ -169,6 +173,13 @@ class Dispatcher:
                 envelope, "(decode)", "", status=Delivery.Status.DEAD, started=now, error=reason, tb=""
             )
         return Outcome(DEAD, reason=reason)
+
+
+def workflows():
+    """The chain/group bookkeeping (imported late: it sends through the runtime's mediator)."""
+    from apps.mediator import workflows as module
+
+    return module
 
 
 def _lock_busy(exc: BaseException) -> bool:

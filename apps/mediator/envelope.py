@@ -24,6 +24,7 @@ H_CREATED = "Catga-Created-At"
 H_NOT_BEFORE = "Catga-Not-Before"
 H_TRACEPARENT = "traceparent"
 H_TRACESTATE = "tracestate"
+H_WORKFLOW = "Catga-Workflow"
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,6 +39,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     not_before: float | None = None  # scheduled delivery (countdown / eta)
     traceparent: str | None = None
     tracestate: str | None = None
+    workflow: str | None = None  # "<workflow id>:<member index>" for chain and group members
 
     @classmethod
     def for_message(
@@ -48,13 +50,16 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
         cause: "Envelope | None" = None,
         not_before: float | None = None,
         traceparent: str | None = None,
+        correlation_id: str | None = None,
+        workflow: str | None = None,
     ) -> "Envelope":
         message_id = new_id()
         return cls(
             id=message_id,
             type=message.options.wire_name,
             kind=message.kind,
-            correlation_id=cause.correlation_id if cause else message_id,
+            correlation_id=correlation_id or (cause.correlation_id if cause else message_id),
+            workflow=workflow,
             causation_id=cause.id if cause else None,
             qos=qos,
             created_at=time.time(),
@@ -84,6 +89,8 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
             headers[H_TRACEPARENT] = self.traceparent
         if self.tracestate:
             headers[H_TRACESTATE] = self.tracestate
+        if self.workflow:
+            headers[H_WORKFLOW] = self.workflow
         return headers
 
     @classmethod
@@ -107,6 +114,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
                 not_before=float(headers[H_NOT_BEFORE]) if headers.get(H_NOT_BEFORE) else None,
                 traceparent=headers.get(H_TRACEPARENT),
                 tracestate=headers.get(H_TRACESTATE),
+                workflow=headers.get(H_WORKFLOW),
             )
         except ValueError as exc:
             raise UndecodableMessage(f"bad header value: {exc}") from exc

@@ -1,8 +1,11 @@
 """The consumer's small HTTP port: /health/live, /health/ready and /metrics.
 
-Live means the fetch loop has made progress recently (a pull that hangs after a
-reconnect turns it false, so Kubernetes restarts the pod); ready means connected,
-bound to its consumers and not draining.
+Live means the fetch loop has made progress recently — a fetch returned, or a running
+handler's heartbeat was sent — within CATGA["LIVENESS_WINDOW"]: a pull that hangs after
+a reconnect, or handler threads wedged past their timeout holding every slot, turn it
+false, so Kubernetes restarts the pod. Ready means connected, bound to its consumers
+and not draining. /metrics is the process's Prometheus registry (catga_* and the
+Python runtime's own).
 """
 
 import asyncio
@@ -11,7 +14,7 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-LIVENESS_WINDOW = 30.0  # seconds without a fetch returning before the worker counts as stuck
+from apps.mediator.conf import catga_settings
 
 
 class HealthServer:
@@ -30,10 +33,11 @@ class HealthServer:
     def checks(self) -> dict[str, dict]:
         state = self.worker.state
         stalled_for = time.monotonic() - state.last_progress
+        window = catga_settings.LIVENESS_WINDOW  # no fetch returned and no heartbeat sent for this long: stuck
         nc = getattr(self.worker, "nc", None)
         connected = bool(nc is not None and nc.is_connected)
         return {
-            "live": {"ok": stalled_for < LIVENESS_WINDOW, "seconds_since_progress": round(stalled_for, 1)},
+            "live": {"ok": stalled_for < window, "seconds_since_progress": round(stalled_for, 1)},
             "ready": {
                 "ok": connected and state.bound and not state.draining,
                 "connected": connected,

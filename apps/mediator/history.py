@@ -28,6 +28,8 @@ def message_row(envelope: Envelope, payload, *, status: str) -> Message:
     extra = {}
     if envelope.traceparent:
         extra["traceparent"] = envelope.traceparent
+    if envelope.workflow:
+        extra["workflow"] = envelope.workflow
     return Message(
         id=envelope.id,
         type=envelope.type,
@@ -119,6 +121,7 @@ def envelope_of(row: Message) -> Envelope:
         created_at=row.created_at.timestamp(),
         not_before=row.available_at.timestamp() if row.available_at else None,
         traceparent=(row.headers or {}).get("traceparent"),
+        workflow=(row.headers or {}).get("workflow"),
     )
 
 

@@ -26,6 +26,7 @@ from apps.mediator.errors import NoHandler
 from apps.mediator.messages import Command, Event, Message, QoS, Query
 from apps.mediator.models import Delivery
 from apps.mediator.models import Message as MessageRow
+from apps.mediator.observability import metrics, tracing
 from apps.mediator.pipeline import HandlerContext
 from apps.mediator.registry import Registry
 from apps.mediator.transports.base import Outgoing, Transport
@@ -103,15 +104,16 @@ class Mediator:
         envelope = Envelope.for_message(query, qos=QoS.AT_MOST_ONCE, cause=current_envelope.get())
         return self.dispatcher.pipeline.run(query, HandlerContext(envelope=envelope, handler=spec))
 
-    def execute(self, command: Command):
+    def execute(self, command: Command, *, correlation_id: str | None = None):
         """Run a command's handler here and now, inside the caller's transaction.
 
         For the entry points that must answer with the handler's result (a REST
-        view creating an order); the history records it like any delivery.
+        view creating an order); the history records it like any delivery. Give
+        `correlation_id` to make it part of an existing conversation.
         """
         spec = self._single_handler(command)
         codec.validated(command)
-        envelope = self._envelope(command, None)
+        envelope = self._envelope(command, None, correlation_id=correlation_id)
         history.message_row(envelope, codec.to_payload(command), status=MessageRow.Status.PUBLISHED).save(
             force_insert=True
         )
@@ -123,16 +125,29 @@ class Mediator:
             raise NoHandler(f"no handler registered for {message.options.wire_name}")
         return spec
 
-    def _envelope(self, message: Message, not_before: float | None) -> Envelope:
+    def _envelope(self, message: Message, not_before: float | None, **extra) -> Envelope:
         qos = QoS(message.options.qos or catga_settings.DEFAULT_QOS)
-        return Envelope.for_message(message, qos=qos, cause=current_envelope.get(), not_before=not_before)
+        return Envelope.for_message(message, qos=qos, cause=current_envelope.get(), not_before=not_before, **extra)
 
-    def _post(self, message: Message, *, not_before: float | None = None) -> Handle:
+    def _post(
+        self,
+        message: Message,
+        *,
+        not_before: float | None = None,
+        workflow: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Handle:
         codec.validated(message)
-        envelope = self._envelope(message, not_before)
+        envelope = self._envelope(message, not_before, workflow=workflow, correlation_id=correlation_id)
+        envelope = tracing.stamp(envelope)  # a send span, its trace context in the envelope
         body = codec.encode(message)
         # AtMostOnce skips the outbox: recorded as already published, never relayed again.
         status = MessageRow.Status.PUBLISHED if envelope.qos is QoS.AT_MOST_ONCE else MessageRow.Status.PENDING
         history.store_outgoing(envelope, codec.to_payload(message), status=status)
-        transaction.on_commit(lambda: self.transport.publish([Outgoing(envelope, body)]))
+
+        def hand_over() -> None:
+            metrics.count_sent(envelope)
+            self.transport.publish([Outgoing(envelope, body)])
+
+        transaction.on_commit(hand_over)
         return Handle(envelope.id)

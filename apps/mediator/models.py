@@ -85,3 +85,62 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.handler} {self.status}"
+
+
+class SagaState(models.Model):
+    """One running (or finished) saga: where it is, its data, and what happened when."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        COMPLETED = "completed"
+        COMPENSATING = "compensating"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    name = models.CharField(max_length=100)
+    correlation_id = models.CharField(max_length=26)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.RUNNING)
+    current_step = models.PositiveIntegerField(default=0)
+    reason = models.CharField(max_length=100, blank=True, default="")
+    data = models.JSONField(default=dict)
+    # [{"step", "event": started|completed|failed|timed_out|compensating|cancelled|..., "at", "message_id", "detail"}]
+    step_log = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["name", "correlation_id"], name="one_saga_per_conversation")]
+        indexes = [models.Index(fields=["status", "updated_at"], name="saga_status_updated")]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.correlation_id} {self.status}"
+
+
+class Workflow(models.Model):
+    """A Celery-style chain or group, counted in the database rather than in a worker's memory."""
+
+    class Kind(models.TextChoices):
+        CHAIN = "chain"
+        GROUP = "group"
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    id = models.CharField(primary_key=True, max_length=26, editable=False)
+    kind = models.CharField(max_length=5, choices=Kind.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    # [{"type": wire name, "payload": {...}}]; a group's callback is kept apart.
+    members = models.JSONField()
+    callback = models.JSONField(null=True, blank=True)
+    next_index = models.PositiveIntegerField(default=0)
+    remaining = models.PositiveIntegerField(default=0)
+    results = models.JSONField(default=list)
+    error = models.TextField(blank=True, default="")
+    correlation_id = models.CharField(max_length=26, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id} {self.status}"

@@ -23,11 +23,12 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from apps.mediator import outbox
 from apps.mediator.conf import catga_settings
 from apps.mediator.dispatcher import ACK, DEAD, RETRY, Dispatcher, Outcome
-from apps.mediator.envelope import H_DEDUPE, H_ID, Envelope
+from apps.mediator.envelope import H_DEDUPE, H_ID, H_TYPE, Envelope
 from apps.mediator.errors import UndecodableMessage
 from apps.mediator.health import HealthServer
 from apps.mediator.ids import new_id
 from apps.mediator.messages import Kind, message_type
+from apps.mediator.observability import jetstream, metrics
 from apps.mediator.transports.nats import connection, topology
 from apps.mediator.transports.nats.publisher import NatsTransport
 
@@ -134,6 +135,7 @@ class Worker:
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
                 self.loop.add_signal_handler(sig, self.request_stop)
         fetchers = [asyncio.create_task(self._fetch_loop(d, sub)) for d, sub in self.subscriptions]
+        fetchers.append(asyncio.create_task(self._stats_loop()))  # stopped with the fetchers
         relay = asyncio.create_task(self._relay_loop()) if self.relay else None
         await self.stop_event.wait()
         await self._shutdown(fetchers, relay, health)
@@ -281,11 +283,13 @@ class Worker:
                 )
                 return self.dispatcher.timed_out(envelope, timeout), future
             await msg.in_progress()
+            self.state.last_progress = time.monotonic()  # a handler within its timeout is progress
 
     async def _run(self, func, *args, **kwargs) -> Outcome:
         return await self.loop.run_in_executor(self.executor, _in_thread, func, args, kwargs)
 
     async def _settle(self, durable, msg, outcome: Outcome) -> None:
+        metrics.count_settled((msg.headers or {}).get(H_TYPE, ""), durable.context, outcome.action)
         if outcome.action == ACK:
             await msg.ack()
         elif outcome.action == RETRY:
@@ -319,6 +323,23 @@ class Worker:
                 raise
             except Exception:
                 logger.warning("outbox relay sweep failed", exc_info=True)
+            await asyncio.sleep(interval)
+
+
+    async def _stats_loop(self) -> None:
+        """Refresh the gauges of consumer lag, stream sizes and outbox backlog."""
+        interval = catga_settings.METRICS_INTERVAL
+        durables = [durable for durable, _ in self.subscriptions]
+        while True:
+            try:
+                snapshot = await asyncio.wait_for(jetstream.snapshot(self.js, durables=durables), timeout=interval)
+                metrics.set_jetstream(snapshot)
+                backlog = await self.loop.run_in_executor(None, _in_thread, outbox.backlog, (), {})
+                metrics.set_outbox_backlog(backlog)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS or the database away: keep the last values, try again
+                logger.debug("metrics refresh failed: %r", exc)
             await asyncio.sleep(interval)
 
 

@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 
 from apps.mediator.runtime import mediator
 from apps.orders import idempotency
-from apps.orders.contracts import GetOrder, OrderLineIn, PlaceOrder
+from apps.orders.contracts import GetOrder, OrderLineIn, PlaceOrder, RequestOrderCancellation
 
 
 class OrderCreateApi(APIView):
@@ -52,6 +52,16 @@ class OrderCreateApi(APIView):
         order = created.get("order") or mediator.ask(GetOrder(order_id=order_id))
         headers = {"Idempotent-Replayed": "true"} if replayed else {}
         return Response(msgspec.to_builtins(order), status=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+class OrderCancelApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    def post(self, request, order_id: str):
+        order = mediator.ask(GetOrder(order_id=order_id))
+        with transaction.atomic():
+            mediator.execute(RequestOrderCancellation(order_id=order_id), correlation_id=order.correlation_id)
+        return Response(msgspec.to_builtins(mediator.ask(GetOrder(order_id=order_id))), status=status.HTTP_202_ACCEPTED)
 
 
 class OrderDetailApi(APIView):

@@ -34,6 +34,13 @@ class CancelOrder(Command):
     reason: str
 
 
+class RequestOrderCancellation(Command):
+    """The customer's request; the saga decides what must be undone."""
+
+    order_id: str
+    reason: str = "cancelled"
+
+
 class GetOrder(Query):
     order_id: str
 
@@ -53,6 +60,13 @@ class OrderCancelled(Event):
     reason: str
 
 
+class SagaView(msgspec.Struct, frozen=True):
+    status: str
+    step: str
+    reason: str
+    log: tuple[dict, ...]
+
+
 class OrderView(msgspec.Struct, frozen=True):
     id: str
     customer_id: str
@@ -63,3 +77,4 @@ class OrderView(msgspec.Struct, frozen=True):
     correlation_id: str
     created_at: str
     updated_at: str
+    saga: SagaView | None = None

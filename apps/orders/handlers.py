@@ -1,20 +1,13 @@
-"""Orders' message handlers: placing an order and driving it to a final status.
+"""Orders' message handlers: placing, confirming and cancelling orders.
 
-The flow (the generic saga engine replaces it later): PlaceOrder -> ReserveStock;
-StockReserved -> ChargePayment; PaymentCaptured -> ConfirmOrder; a failed
-reservation cancels; a declined payment releases the stock and cancels.
+The order saga (apps/orders/saga.py) drives the flow between contexts; these
+handlers are its steps in this context and the entry points that start or stop it.
 """
 
-from apps.inventory.contracts import (
-    GetItems,
-    ReleaseStock,
-    ReserveStock,
-    StockLine,
-    StockReservationFailed,
-    StockReserved,
-)
-from apps.mediator.errors import ValidationFailed
+from apps.inventory.contracts import GetItems
+from apps.mediator.errors import Conflict, ValidationFailed
 from apps.mediator.runtime import mediator
+from apps.mediator.sagas import timeline
 from apps.orders import selectors, services
 from apps.orders.contracts import (
     CancelOrder,
@@ -26,9 +19,11 @@ from apps.orders.contracts import (
     OrderPlaced,
     OrderView,
     PlaceOrder,
+    RequestOrderCancellation,
+    SagaView,
 )
 from apps.orders.models import Order
-from apps.payments.contracts import ChargePayment, PaymentCaptured, PaymentDeclined, RefundPayment
+from apps.orders.saga import OrderSaga
 
 
 def order_view(order: Order) -> OrderView:
@@ -44,6 +39,19 @@ def order_view(order: Order) -> OrderView:
         correlation_id=order.correlation_id,
         created_at=order.created_at.isoformat(),
         updated_at=order.updated_at.isoformat(),
+        saga=saga_view(order),
+    )
+
+
+def saga_view(order: Order) -> SagaView | None:
+    state = OrderSaga.state_for(order.correlation_id) if order.correlation_id else None
+    if state is None:
+        return None
+    return SagaView(
+        status=state.status,
+        step=OrderSaga.steps[state.current_step].name,
+        reason=state.reason,
+        log=tuple(timeline(state)),
     )
 
 
@@ -61,41 +69,20 @@ def place_order(command: PlaceOrder, ctx) -> OrderView:
         correlation_id=ctx.correlation_id,
     )
     mediator.publish(OrderPlaced(order_id=order.id, customer_id=order.customer_id, total=order.total))
-    mediator.send(
-        ReserveStock(
-            order_id=order.id, lines=tuple(StockLine(sku=li.sku, quantity=li.quantity) for li in command.lines)
-        )
+    OrderSaga.start(
+        {
+            "order_id": order.id,
+            "lines": [[li.sku, li.quantity] for li in command.lines],
+            "amount": str(order.total),
+            "token": order.payment_token,
+        }
     )
     return order_view(order)
-
-
-def on_stock_reserved(event: StockReserved, ctx) -> None:
-    order = selectors.order_get(event.order_id)
-    if order.status != Order.Status.PENDING:
-        mediator.send(ReleaseStock(order_id=order.id, reason=f"order {order.status}"))
-        return
-    mediator.send(ChargePayment(order_id=order.id, amount=order.total, token=order.payment_token))
-
-
-def on_stock_reservation_failed(event: StockReservationFailed, ctx) -> None:
-    mediator.send(CancelOrder(order_id=event.order_id, reason=event.reason))
-
-
-def on_payment_captured(event: PaymentCaptured, ctx) -> None:
-    mediator.send(ConfirmOrder(order_id=event.order_id))
-
-
-def on_payment_declined(event: PaymentDeclined, ctx) -> None:
-    mediator.send(ReleaseStock(order_id=event.order_id, reason=event.reason))
-    mediator.send(CancelOrder(order_id=event.order_id, reason=event.reason))
 
 
 def confirm_order(command: ConfirmOrder, ctx) -> None:
     if services.order_confirm(order_id=command.order_id) is not None:
         mediator.publish(OrderConfirmed(order_id=command.order_id))
-    elif selectors.order_get(command.order_id).status == Order.Status.CANCELLED:
-        # Cancelled while the payment was in flight: give the money back.
-        mediator.send(RefundPayment(order_id=command.order_id, reason="order cancelled"))
 
 
 def cancel_order(command: CancelOrder, ctx) -> None:
@@ -103,15 +90,25 @@ def cancel_order(command: CancelOrder, ctx) -> None:
         mediator.publish(OrderCancelled(order_id=command.order_id, reason=command.reason))
 
 
+def request_cancellation(command: RequestOrderCancellation, ctx) -> OrderView:
+    """The customer asks to cancel: the saga undoes what it did, then cancels the order."""
+    order = selectors.order_get(command.order_id)
+    if order.status != Order.Status.PENDING:
+        raise Conflict(f"order {order.id} is already {order.status}")
+    OrderSaga.cancel(order.correlation_id, reason=command.reason)
+    return order_view(order)
+
+
 def get_order(query: GetOrder, ctx) -> OrderView:
     return order_view(selectors.order_get(query.order_id))
 
 
-COMMANDS = {PlaceOrder: place_order, ConfirmOrder: confirm_order, CancelOrder: cancel_order}
-QUERIES = {GetOrder: get_order}
-EVENTS = {
-    StockReserved: [on_stock_reserved],
-    StockReservationFailed: [on_stock_reservation_failed],
-    PaymentCaptured: [on_payment_captured],
-    PaymentDeclined: [on_payment_declined],
+COMMANDS = {
+    PlaceOrder: place_order,
+    ConfirmOrder: confirm_order,
+    CancelOrder: cancel_order,
+    RequestOrderCancellation: request_cancellation,
+    **OrderSaga.command_handlers(),
 }
+QUERIES = {GetOrder: get_order}
+EVENTS = OrderSaga.event_handlers()

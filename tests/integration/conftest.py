@@ -210,3 +210,13 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture
+def big_catalogue(db):
+    from decimal import Decimal
+
+    from apps.inventory.models import Item
+
+    Item.objects.create(sku="SKU-X", name="X", price=Decimal("3.00"), on_hand=1000)
+    return {"SKU-X": 1000}

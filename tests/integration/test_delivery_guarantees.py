@@ -1,18 +1,15 @@
 """Delivery guarantees under failure, with real NATS, PostgreSQL (in CI) and worker processes."""
 
-import asyncio
 import itertools
 import signal
 import time
-from collections import Counter
 
 import msgspec
-import nats
 import pytest
 from django.db import transaction
 
 from apps.inventory.contracts import ReserveStock, StockLine
-from apps.inventory.models import Item, Reservation
+from apps.inventory.models import Item
 from apps.mediator.envelope import Envelope
 from apps.mediator.messages import QoS
 from apps.mediator.models import Delivery, Message
@@ -20,49 +17,9 @@ from apps.mediator.runtime import mediator
 from apps.orders.models import Order
 from apps.payments.models import Payment
 from tests.integration.conftest import wait_until
-from tests.integration.test_distributed_flow import CONTEXTS, final_status, place
+from tests.integration.helpers import CONTEXTS, all_final, assert_consistent, final_status, js_call, place
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-
-def js_call(url, coro_factory):
-    async def run():
-        nc = await nats.connect(url)
-        try:
-            return await coro_factory(nc, nc.jetstream())
-        finally:
-            await nc.close()
-
-    return asyncio.run(run())
-
-
-def all_final(ids, timeout=90):
-    return [final_status(i, timeout=timeout) for i in ids]
-
-
-def assert_consistent(orders, initial_stock):
-    """No stock reserved twice, no payment captured twice, nothing lost."""
-    sold = Counter()
-    for order in orders:
-        captured = Payment.objects.filter(order_id=order.id, status="captured").count()
-        if order.status == "confirmed":
-            assert captured == 1, order.id
-            for line in order.lines.all():
-                sold[line.sku] += line.quantity
-        else:
-            assert captured == 0, order.id
-    wait_until(lambda: not Item.objects.filter(reserved__gt=0).exists(), message="reservations to settle")
-    for sku, initial in initial_stock.items():
-        assert Item.objects.get(sku=sku).on_hand == initial - sold[sku], sku
-    assert Reservation.objects.values("order_id").distinct().count() == Reservation.objects.count()
-
-
-@pytest.fixture
-def big_catalogue(db):
-    from decimal import Decimal
-
-    Item.objects.create(sku="SKU-X", name="X", price=Decimal("3.00"), on_hand=1000)
-    return {"SKU-X": 1000}
 
 
 def test_a_worker_killed_with_sigkill_loses_and_duplicates_nothing(api, big_catalogue, workers):

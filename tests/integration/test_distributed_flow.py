@@ -21,29 +21,9 @@ from apps.mediator.runtime import mediator
 from apps.orders.models import Order
 from apps.payments.models import Payment
 from tests.integration.conftest import wait_until
+from tests.integration.helpers import final_status, place, start_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-CONTEXTS = ("orders", "inventory", "payments")
-
-
-def place(api, lines, token="tok_visa"):
-    response = api.post("/api/orders/", {"customer_id": "c-int", "lines": lines, "payment_token": token}, format="json")
-    assert response.status_code == 202, response.content
-    return response.json()["id"]
-
-
-def final_status(order_id, timeout=30):
-    def done():
-        order = Order.objects.get(pk=order_id)
-        return order if order.status != "pending" else None
-
-    return wait_until(done, timeout=timeout, message=f"order {order_id} to leave pending")
-
-
-def start_all(workers):
-    procs = [workers.start(context) for context in CONTEXTS]
-    return procs
 
 
 def test_happy_out_of_stock_and_declined_orders_across_processes(api, catalogue, workers):

@@ -11,7 +11,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from django.db.models import Count, Min
+from django.db.models import Count, Min, Q
 from django.db.models.functions import TruncMinute
 
 from apps.mediator.models import Delivery, Message
@@ -52,8 +52,9 @@ class Timing:
 
 @dataclass
 class Waiting:
-    count: int = 0
-    oldest: dt.datetime | None = None
+    count: int = 0  # due now (for pending: not scheduled for later)
+    oldest: dt.datetime | None = None  # the oldest of those
+    scheduled: int = 0  # pending with a countdown/eta still in the future (saga timeouts, say)
 
 
 class MinuteOf(TruncMinute):
@@ -119,17 +120,26 @@ def handling_times(now: dt.datetime, minutes: int = WINDOW_MINUTES, sample: int 
     return timings
 
 
-def waiting() -> dict[str, Waiting]:
-    """Outbox backlog (pending), retrying (failed) and dead letters: how many, and since when."""
+def waiting(now: dt.datetime) -> dict[str, Waiting]:
+    """Outbox backlog (pending and due), retrying (failed) and dead letters: how many, and since when.
+
+    A pending message with a countdown or eta in the future is scheduled, not late:
+    it is counted apart so the backlog means "should have gone out and has not".
+    """
     result = {status: Waiting() for status in (Message.Status.PENDING, Message.Status.FAILED, Message.Status.DEAD)}
+    due = Q(available_at__isnull=True) | Q(available_at__lte=now)
     rows = (
         Message.objects.filter(status__in=list(result))
         .values("status")
-        .annotate(n=Count("pk"), oldest=Min("created_at"))
+        .annotate(
+            n=Count("pk", filter=due),
+            oldest=Min("created_at", filter=due),
+            scheduled=Count("pk", filter=~due),
+        )
         .order_by()
     )
     for row in rows:
-        result[row["status"]] = Waiting(row["n"], row["oldest"])
+        result[row["status"]] = Waiting(row["n"], row["oldest"], row["scheduled"])
     return result
 
 

@@ -37,7 +37,7 @@ def dashboard(request, model_admin):
         "window_total": sum(m.total for m in minutes),
         "timings": stats.handling_times(now),
         "percentile_sample": stats.PERCENTILE_SAMPLE,
-        "waiting": stats.waiting(),
+        "waiting": stats.waiting(now),
         "consumers": stats.consumer_pending(),
         "panels": admin_console.panels(),
         "changelist_url": changelist,

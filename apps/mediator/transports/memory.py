@@ -4,14 +4,22 @@ Messages are dispatched in the publishing thread, breadth first: a handler that
 sends more messages queues them, and the outermost publish drains the queue, so
 a long conversation never recurses. Retries are immediate (no backoff sleep) —
 delays, durability and redelivery after a crash are the JetStream transport's job.
+Scheduled messages (countdown/eta) stay in the outbox until `run_due()` is called
+(tests call it, with a clock of their choosing).
 """
 
 import collections
+import datetime as dt
 import threading
+import time
 from collections.abc import Sequence
+
+import msgspec
+from django.utils import timezone
 
 from apps.mediator import history
 from apps.mediator.dispatcher import RETRY, Dispatcher
+from apps.mediator.models import Message
 from apps.mediator.transports.base import Outgoing, Transport
 
 
@@ -21,6 +29,10 @@ class MemoryTransport(Transport):
         self._local = threading.local()
 
     def publish(self, batch: Sequence[Outgoing]) -> None:
+        now = time.time()
+        batch = [item for item in batch if item.envelope.not_before is None or item.envelope.not_before <= now]
+        if not batch:
+            return
         queue = getattr(self._local, "queue", None)
         if queue is None:
             queue = self._local.queue = collections.deque()
@@ -39,3 +51,15 @@ class MemoryTransport(Transport):
         finally:
             self._local.draining = False
             queue.clear()
+
+    def run_due(self, now: float | None = None) -> int:
+        """Dispatch the scheduled messages due at `now` (the outbox relay's job on NATS)."""
+        moment = timezone.now() if now is None else dt.datetime.fromtimestamp(now, tz=dt.UTC)
+        rows = Message.objects.filter(status=Message.Status.PENDING, available_at__lte=moment).order_by("id")
+        batch = []
+        for row in rows:
+            item = history.outgoing_of(row)
+            envelope = msgspec.structs.replace(item.envelope, not_before=None)
+            batch.append(Outgoing(envelope, item.body, item.dedupe_id))
+        self.publish(batch)
+        return len(batch)

