@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-REQUIREMENTS := requirements/base.txt requirements/dev.txt requirements/k8s.txt requirements/k8s-checkov.txt requirements/e2e.txt
+REQUIREMENTS := requirements/base.txt requirements/observability.txt requirements/dev.txt requirements/k8s.txt requirements/k8s-checkov.txt requirements/e2e.txt
 STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 
 .PHONY: run test lint unit integration bench clean

@@ -156,8 +156,8 @@ class AckWatcher:
 
 def windowed_rate(samples: list[tuple[float, int]], count: int, low=0.1, high=0.9) -> float:
     """Messages per second between `low` and `high` of `count` done (start-up and tail excluded)."""
-    start = next((t, n) for t, n in samples if n >= low * count)
-    end = next((t, n) for t, n in samples if n >= high * count)
+    start = next(((t, n) for t, n in samples if n >= low * count), samples[0])
+    end = next(((t, n) for t, n in samples if n >= high * count), samples[-1])
     if end[0] <= start[0]:
         return float(count) / max(samples[-1][0] - samples[0][0], 1e-6)
     return (end[1] - start[1]) / (end[0] - start[0])
@@ -245,14 +245,14 @@ class Processes:
         if proc.poll() is not None:
             raise RuntimeError(f"consumer exited: {self.log_of(proc)[-3000:]}")
 
-    def run(self, argv: list[str], *, timeout: float = 300, **env) -> dict:
-        """Run a driver to completion; its last stdout line is its JSON result."""
+    def run(self, argv: list[str], *, timeout: float = 300, parse: bool = True, **env) -> dict:
+        """Run a driver to completion; its last stdout line is its JSON result (`parse`)."""
         result = subprocess.run(
             argv, cwd=ROOT, env=self.env(**env), capture_output=True, text=True, timeout=timeout, check=False
         )
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(argv[:4])} failed ({result.returncode}):\n{result.stderr[-4000:]}")
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        return json.loads(result.stdout.strip().splitlines()[-1]) if parse else {}
 
     def log_of(self, proc) -> str:
         for _, p, log in self.procs:

@@ -113,7 +113,7 @@ class Bench:
         self.db.ensure_exists()
         self.nats.start()
         p = self.procs()
-        p.run([PY, "manage.py", "migrate", "--noinput", "-v", "0"], timeout=300)
+        p.run([PY, "manage.py", "migrate", "--noinput", "-v", "0"], timeout=300, parse=False)
 
     def fresh(self) -> None:
         self.nats.delete_streams()
@@ -159,7 +159,6 @@ class Bench:
         if preload:
             sent = p.run([*send, "--warm"], timeout=300, **env)
             workers = [p.consumer("bench", **env) for _ in range(consumers)]
-            start = time.time()
             samples = self._watch(watcher, total, timeout=120)
             rate = infra.windowed_rate(samples, total)
         else:

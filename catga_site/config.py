@@ -152,7 +152,8 @@ def logging_settings(config: ConfigFile) -> dict:
     levels = {name: LEVELS[level] for name, level in section.log_level.items()}
     root = env_or("LOG_LEVEL", levels.pop("Default", None), "INFO", log_level)
     fmt = env_or("LOG_FORMAT", section.format.lower() if section.format else None, "plain", _log_format)
-    loggers = {"django.db.backends": {"level": "WARNING"}}
+    # health_check logs every failing check with a traceback, each probe: the probe's answer says why.
+    loggers = {"django.db.backends": {"level": "WARNING"}, "health_check": {"level": "ERROR"}}
     loggers.update({name: {"level": level} for name, level in levels.items()})
     return {
         "version": 1,

@@ -12,6 +12,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from catga_site import config
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("CATGA_DATA_DIR", BASE_DIR / "data"))
 
@@ -41,6 +43,10 @@ def env_list(name: str, default: str) -> list[str]:
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
 
+# The optional JSON file mounted from a ConfigMap (see catga_site/config.py); the
+# environment wins over it. A bad file stops start-up here, naming the key.
+CONFIG_FILE = config.load(os.environ.get("CATGA_CONFIG_FILE", ""))
+
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
     if not (DEBUG or TESTING):
@@ -61,13 +67,22 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "apps.mediator",
+    "apps.mediator.observability",
+    "health_check",
+    "django_prometheus",
     "apps.inventory",
     "apps.payments",
     "apps.orders",
 ]
 
 MIDDLEWARE = [
+    # Answers /health/live and /health/ready first: kubelet probes carry the pod IP as Host
+    # and must not depend on ALLOWED_HOSTS, HTTPS redirects or sessions.
+    "catga_site.health.ProbeMiddleware",
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the collected static files (the admin's CSS/JS) from gunicorn, no extra web server.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -77,7 +92,24 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
+
+# Production hardening (`manage.py check --deploy` is clean with the prod overlay's env).
+# TLS ends at the ingress, which says so in X-Forwarded-Proto; probes and scrapes come
+# over plain HTTP from inside the cluster and are not redirected.
+if not (DEBUG or TESTING):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^health/", r"^metrics$"]
+    SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "31536000"))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
 
 ROOT_URLCONF = "catga_site.urls"
 WSGI_APPLICATION = "catga_site.wsgi.application"
@@ -150,7 +182,22 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "apps.mediator.api_errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Catga for Django",
+    "DESCRIPTION": "Orders, inventory and payments over a CQRS mediator and NATS JetStream.",
+    "VERSION": "1.0.0",
+    # Swagger UI served from our own static files: the docs work offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# Request bodies larger than this are refused with a 400 before any parsing.
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("DJANGO_MAX_BODY_BYTES", str(1024 * 1024)))
 
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 
@@ -158,16 +205,23 @@ NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 CATGA = {
     "TRANSPORT": os.environ.get("CATGA_TRANSPORT", "memory" if TESTING else "nats"),
     "NATS_URL": NATS_URL,
-    "NATS_TOKEN": os.environ.get("NATS_TOKEN", ""),
-    "NATS_USER": os.environ.get("NATS_USER", ""),
-    "NATS_PASSWORD": os.environ.get("NATS_PASSWORD", ""),
-    "NATS_CREDS": os.environ.get("NATS_CREDS", ""),
+    **config.nats_credentials(),  # NATS_TOKEN, or NATS_USER + NATS_PASSWORD, or NATS_CREDS
     "STREAM_REPLICAS": int(os.environ.get("CATGA_STREAM_REPLICAS", "1")),
     "SHUTDOWN_GRACE": float(os.environ.get("CATGA_SHUTDOWN_GRACE", "20")),
-    "DEFAULT_QOS": os.environ.get("CATGA_DEFAULT_QOS", "at_least_once"),
-    "MAX_ATTEMPTS": int(os.environ.get("CATGA_MAX_ATTEMPTS", "5")),
+    "DEFAULT_QOS": config.qos(config.env_or("CATGA_DEFAULT_QOS", CONFIG_FILE.catga.default_qos, "AtLeastOnce")),
+    "MAX_ATTEMPTS": config.env_or("CATGA_MAX_ATTEMPTS", CONFIG_FILE.catga.max_attempts, 5, int),
     "RETRY_BACKOFF": float(os.environ.get("CATGA_RETRY_BACKOFF", "0.5")),
-    "HANDLER_TIMEOUT": float(os.environ.get("CATGA_HANDLER_TIMEOUT", "30")),
+    "HANDLER_TIMEOUT": config.env_or("CATGA_HANDLER_TIMEOUT", CONFIG_FILE.catga.handler_timeout, 30.0, float),
+    "CONCURRENCY": config.env_or("CATGA_CONCURRENCY", CONFIG_FILE.catga.concurrency, 8, int),
+    "BEHAVIORS": config.behaviors(CONFIG_FILE),
+    # Observability (docs/operations.md, "Observe").
+    "TRACING": env_bool("CATGA_TRACING", config.tracing_default(CONFIG_FILE))
+    and not env_bool("OTEL_SDK_DISABLED", False),
+    "TRACE_OTLP": config.otlp_configured(),
+    "TRACE_FILE": os.environ.get("CATGA_TRACE_FILE", ""),
+    "SERVICE_NAME": config.service_name(CONFIG_FILE, sys.argv),
+    "LIVENESS_WINDOW": float(os.environ.get("CATGA_LIVENESS_WINDOW", "30")),
+    "METRICS_INTERVAL": float(os.environ.get("CATGA_METRICS_INTERVAL", "15")),
     "ACK_WAIT": float(os.environ.get("CATGA_ACK_WAIT", "30")),
     "RECORD_HISTORY": env_bool("CATGA_RECORD_HISTORY", True),
     "CONTEXTS": {
@@ -188,11 +242,6 @@ for _name, _, _module in (item.partition("=") for item in env_list("CATGA_EXTRA_
 # Seconds each step of the order saga may take before it compensates and cancels.
 ORDER_STEP_TIMEOUT = float(os.environ.get("ORDER_STEP_TIMEOUT", "60"))
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
+# JSON lines with message, correlation and trace ids when LOG_FORMAT=json (Kubernetes),
+# plain text otherwise; levels from LOG_LEVEL or the file's Logging.LogLevel.
+LOGGING = config.logging_settings(CONFIG_FILE)

@@ -1,6 +1,7 @@
 """Inventory REST API."""
 
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import IsAdminUser
@@ -9,9 +10,12 @@ from rest_framework.views import APIView
 
 from apps.inventory import selectors, services
 from apps.inventory.models import Item
+from apps.mediator.api_schema import PAGE_PARAMETERS, errors, paginated
 
 
 class ItemOutputSerializer(serializers.ModelSerializer):
+    available = serializers.IntegerField(read_only=True)
+
     class Meta:
         model = Item
         fields = ["sku", "name", "price", "on_hand", "reserved", "available"]
@@ -29,11 +33,21 @@ class ItemListCreateApi(APIView):
             return [IsAdminUser()]
         return super().get_permissions()
 
+    @extend_schema(
+        operation_id="item_list",
+        parameters=PAGE_PARAMETERS,
+        responses={200: paginated("PaginatedItems", ItemOutputSerializer), **errors(400)},
+    )
     def get(self, request):
         paginator = LimitOffsetPagination()
         page = paginator.paginate_queryset(selectors.item_list(), request, view=self)
         return paginator.get_paginated_response(ItemOutputSerializer(page, many=True).data)
 
+    @extend_schema(
+        operation_id="item_create",
+        request=InputSerializer,
+        responses={201: ItemOutputSerializer, **errors(400, 401, 403)},
+    )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -42,5 +56,6 @@ class ItemListCreateApi(APIView):
 
 
 class ItemDetailApi(APIView):
+    @extend_schema(operation_id="item_get", responses={200: ItemOutputSerializer, **errors(404)})
     def get(self, request, sku: str):
         return Response(ItemOutputSerializer(get_object_or_404(Item, sku=sku)).data)

@@ -58,7 +58,8 @@ class Dispatcher:
             if message.kind is Kind.EVENT:
                 return Outcome(ACK)  # nobody here subscribes; not an error
             return self.dead_on_arrival(envelope, body, f"no handler for {envelope.type}")
-        history.ensure_received(envelope, codec.to_payload(message))
+        if _inbox(envelope):
+            history.ensure_received(envelope, codec.to_payload(message))
         outcomes = [self.run(spec, message, envelope) for spec in specs]
         for action in (RETRY, DEAD):
             matching = [o for o in outcomes if o.action == action]
@@ -68,6 +69,8 @@ class Dispatcher:
 
     def run(self, spec: HandlerSpec, message: Message, envelope: Envelope, *, raise_errors: bool = False) -> Outcome:
         """One handler, one attempt, in one transaction with its inbox record."""
+        if not _inbox(envelope):
+            return self._run_unrecorded(spec, message, envelope, raise_errors=raise_errors)
         started = timezone.now()
         try:
             with transaction.atomic():
@@ -108,6 +111,31 @@ class Dispatcher:
         except Exception as exc:
             if raise_errors:
                 raise
+            return self._failed(spec, message, envelope, exc, started)
+
+    def _run_unrecorded(self, spec, message, envelope, *, raise_errors: bool) -> Outcome:
+        """RECORD_HISTORY off, not ExactlyOnce: the handler in its transaction, no inbox row.
+
+        A success leaves no trace in the history; a failure is recorded as usual (the
+        admin's dead letters and replay need it).
+        """
+        started = timezone.now()
+        try:
+            if envelope.attempt > self.max_attempts(message):
+                raise AttemptsExhausted(f"delivered {envelope.attempt} times without settling")
+            with transaction.atomic():
+                token = current_envelope.set(envelope)
+                try:
+                    result = self.pipeline.run(message, HandlerContext(envelope=envelope, handler=spec))
+                    if envelope.workflow:
+                        workflows().member_succeeded(envelope, _jsonable(result))
+                finally:
+                    current_envelope.reset(token)
+            return Outcome(ACK, result=result)
+        except Exception as exc:
+            if raise_errors:
+                raise
+            history.ensure_received(envelope, codec.to_payload(message))
             return self._failed(spec, message, envelope, exc, started)
 
     @staticmethod
@@ -180,6 +208,11 @@ def workflows():
     from apps.mediator import workflows as module
 
     return module
+
+
+def _inbox(envelope: Envelope) -> bool:
+    """Whether this delivery writes its history rows (Message + Delivery, the inbox)."""
+    return envelope.qos is QoS.EXACTLY_ONCE or history.recording()
 
 
 def _lock_busy(exc: BaseException) -> bool:

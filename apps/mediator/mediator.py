@@ -114,9 +114,10 @@ class Mediator:
         spec = self._single_handler(command)
         codec.validated(command)
         envelope = self._envelope(command, None, correlation_id=correlation_id)
-        history.message_row(envelope, codec.to_payload(command), status=MessageRow.Status.PUBLISHED).save(
-            force_insert=True
-        )
+        if history.recording() or envelope.qos is QoS.EXACTLY_ONCE:
+            history.message_row(envelope, codec.to_payload(command), status=MessageRow.Status.PUBLISHED).save(
+                force_insert=True
+            )
         return self.dispatcher.run(spec, command, envelope, raise_errors=True).result
 
     def _single_handler(self, message: Message):
@@ -141,9 +142,12 @@ class Mediator:
         envelope = self._envelope(message, not_before, workflow=workflow, correlation_id=correlation_id)
         envelope = tracing.stamp(envelope)  # a send span, its trace context in the envelope
         body = codec.encode(message)
-        # AtMostOnce skips the outbox: recorded as already published, never relayed again.
-        status = MessageRow.Status.PUBLISHED if envelope.qos is QoS.AT_MOST_ONCE else MessageRow.Status.PENDING
-        history.store_outgoing(envelope, codec.to_payload(message), status=status)
+        # AtMostOnce skips the outbox: recorded as already published, never relayed again
+        # (and not stored at all without history: the row would only be history).
+        if envelope.qos is not QoS.AT_MOST_ONCE:
+            history.store_outgoing(envelope, codec.to_payload(message), status=MessageRow.Status.PENDING)
+        elif history.recording():
+            history.store_outgoing(envelope, codec.to_payload(message), status=MessageRow.Status.PUBLISHED)
 
         def hand_over() -> None:
             metrics.count_sent(envelope)

@@ -46,9 +46,7 @@ def sweep(publish: Publish, *, batch: int | None = None, now: dt.datetime | None
         acked = publish([history.outgoing_of(row) for row in rows])
         Message.objects.filter(pk__in=[row.id for row in rows]).update(publish_attempts=F("publish_attempts") + 1)
         if acked:
-            Message.objects.filter(pk__in=acked, status=Message.Status.PENDING).update(
-                status=Message.Status.PUBLISHED, published_at=timezone.now()
-            )
+            history.mark_published(acked)
     return len(acked)
 
 

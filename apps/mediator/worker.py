@@ -11,6 +11,7 @@ health/metrics port.
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import signal
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 from django.db import close_old_connections, reset_queries
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.client import JetStreamContext
 
 from apps.mediator import outbox
 from apps.mediator.conf import catga_settings
@@ -188,7 +190,7 @@ class Worker:
         while not self.state.draining:
             taken = await self.slots.take(min(want, batch_max))
             try:
-                messages = await sub.fetch(taken, timeout=1.0)
+                messages = await _fetch(sub, taken, timeout=1.0)
             except (TimeoutError, NatsTimeoutError):
                 messages = []
             except asyncio.CancelledError:
@@ -325,7 +327,6 @@ class Worker:
                 logger.warning("outbox relay sweep failed", exc_info=True)
             await asyncio.sleep(interval)
 
-
     async def _stats_loop(self) -> None:
         """Refresh the gauges of consumer lag, stream sizes and outbox backlog."""
         interval = catga_settings.METRICS_INTERVAL
@@ -341,6 +342,44 @@ class Worker:
             except Exception as exc:  # NATS or the database away: keep the last values, try again
                 logger.debug("metrics refresh failed: %r", exc)
             await asyncio.sleep(interval)
+
+
+async def _fetch(sub, most: int, timeout: float) -> list:
+    """Up to `most` messages: a long poll for the first, then whatever else is there right now.
+
+    nats-py's `fetch(n)` keeps waiting for the batch to fill once it had to wait at all,
+    which holds the first message of a quiet moment back for the whole timeout; a
+    one-message long poll answers the moment something arrives, and a no-wait pull
+    (answered at once, by the server) adds what is queued behind it.
+    """
+    messages = await sub.fetch(1, timeout=timeout)
+    if most > 1 and messages:
+        messages += await _fetch_now(sub, most - len(messages))
+    return messages
+
+
+async def _fetch_now(sub, most: int) -> list:
+    """A no-wait pull of up to `most` messages (nats-py has no public call for it)."""
+    inbox = sub._sub  # the pull subscription's own inbox, where nats-py's fetch reads too
+    messages = []
+    while len(messages) < most and not inbox._pending_queue.empty():  # left by an earlier pull
+        msg = inbox._pending_queue.get_nowait()
+        inbox._pending_size -= len(msg.data)
+        if not JetStreamContext.is_status_msg(msg):
+            messages.append(msg)
+    if len(messages) == most:
+        return messages
+    request = json.dumps({"batch": most - len(messages), "no_wait": True}).encode()
+    await sub._nc.publish(sub._nms, request, sub._deliver)
+    while len(messages) < most:
+        try:
+            msg = await inbox.next_msg(timeout=1.0)
+        except (TimeoutError, NatsTimeoutError):
+            break
+        if JetStreamContext.is_status_msg(msg):
+            break  # 404: nothing more right now (or the end of an earlier, expired pull)
+        messages.append(msg)
+    return messages
 
 
 def _in_thread(func, args, kwargs):

@@ -1,15 +1,65 @@
-"""Orders REST API: one view per operation; views only translate HTTP to messages."""
+"""Orders REST API: one view per operation; views only translate HTTP to messages.
+
+A customer sees and cancels only the orders they placed (staff see all); someone
+else's order answers 404, so ids cannot be probed.
+"""
 
 import msgspec
 from django.db import transaction
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.mediator.api_schema import errors
+from apps.mediator.errors import NotFound
 from apps.mediator.runtime import mediator
 from apps.orders import idempotency
-from apps.orders.contracts import GetOrder, OrderLineIn, PlaceOrder, RequestOrderCancellation
+from apps.orders.contracts import GetOrder, OrderLineIn, OrderView, PlaceOrder, RequestOrderCancellation
+
+
+class OrderOutputSerializer(serializers.Serializer):
+    """The shape of an order in every answer (documentation of OrderView)."""
+
+    id = serializers.CharField()
+    customer_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=["pending", "confirmed", "cancelled"])
+    reason = serializers.CharField(allow_blank=True)
+    total = serializers.DecimalField(max_digits=12, decimal_places=2)
+    lines = inline_serializer(
+        "OrderLineOut",
+        {
+            "sku": serializers.CharField(),
+            "quantity": serializers.IntegerField(),
+            "unit_price": serializers.DecimalField(max_digits=12, decimal_places=2),
+        },
+        many=True,
+    )
+    correlation_id = serializers.CharField()
+    created_at = serializers.CharField()
+    updated_at = serializers.CharField()
+    saga = inline_serializer(
+        "SagaView",
+        {
+            "status": serializers.CharField(),
+            "step": serializers.CharField(),
+            "reason": serializers.CharField(allow_blank=True),
+            "log": serializers.ListField(child=serializers.DictField()),
+        },
+        allow_null=True,
+    )
+    owner_id = serializers.IntegerField(allow_null=True)
+
+
+ERRORS = errors(400, 401, 403, 404)
+
+
+def visible_order(request, order_id: str) -> OrderView:
+    order = mediator.ask(GetOrder(order_id=order_id))
+    if not request.user.is_staff and order.owner_id != request.user.pk:
+        raise NotFound(f"order {order_id} not found")
+    return order
 
 
 class OrderCreateApi(APIView):
@@ -29,6 +79,19 @@ class OrderCreateApi(APIView):
             line.is_valid(raise_exception=True)
             return line.validated_data
 
+    @extend_schema(
+        operation_id="order_place",
+        request=inline_serializer(
+            "PlaceOrderInput",
+            {
+                "customer_id": serializers.CharField(max_length=64),
+                "lines": LineSerializer(many=True),
+                "payment_token": serializers.CharField(max_length=64),
+            },
+        ),
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        responses={202: OrderOutputSerializer, **errors(409), **ERRORS},
+    )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -36,6 +99,7 @@ class OrderCreateApi(APIView):
             customer_id=data.validated_data["customer_id"],
             lines=tuple(OrderLineIn(sku=li["sku"], quantity=li["quantity"]) for li in data.validated_data["lines"]),
             payment_token=data.validated_data["payment_token"],
+            owner_id=request.user.pk,
         )
         key = request.headers.get("Idempotency-Key")
         if key is None:
@@ -49,7 +113,7 @@ class OrderCreateApi(APIView):
             return created["order"].id
 
         order_id, replayed = idempotency.once(user=request.user, key=key, data=data.validated_data, create=create)
-        order = created.get("order") or mediator.ask(GetOrder(order_id=order_id))
+        order = created.get("order") or visible_order(request, order_id)
         headers = {"Idempotent-Replayed": "true"} if replayed else {}
         return Response(msgspec.to_builtins(order), status=status.HTTP_202_ACCEPTED, headers=headers)
 
@@ -57,15 +121,21 @@ class OrderCreateApi(APIView):
 class OrderCancelApi(APIView):
     permission_classes = [IsAuthenticated]
 
+    @extend_schema(
+        operation_id="order_cancel",
+        request=None,
+        responses={202: OrderOutputSerializer, **errors(409), **ERRORS},
+    )
     def post(self, request, order_id: str):
-        order = mediator.ask(GetOrder(order_id=order_id))
+        order = visible_order(request, order_id)
         with transaction.atomic():
             mediator.execute(RequestOrderCancellation(order_id=order_id), correlation_id=order.correlation_id)
-        return Response(msgspec.to_builtins(mediator.ask(GetOrder(order_id=order_id))), status=status.HTTP_202_ACCEPTED)
+        return Response(msgspec.to_builtins(visible_order(request, order_id)), status=status.HTTP_202_ACCEPTED)
 
 
 class OrderDetailApi(APIView):
     permission_classes = [IsAuthenticated]
 
+    @extend_schema(operation_id="order_get", responses={200: OrderOutputSerializer, **ERRORS})
     def get(self, request, order_id: str):
-        return Response(msgspec.to_builtins(mediator.ask(GetOrder(order_id=order_id))))
+        return Response(msgspec.to_builtins(visible_order(request, order_id)))

@@ -23,6 +23,7 @@ class PlaceOrder(Command):
     customer_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     lines: Annotated[tuple[OrderLineIn, ...], msgspec.Meta(min_length=1, max_length=100)]
     payment_token: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    owner_id: int | None = None
 
 
 class ConfirmOrder(Command):
@@ -78,3 +79,4 @@ class OrderView(msgspec.Struct, frozen=True):
     created_at: str
     updated_at: str
     saga: SagaView | None = None
+    owner_id: int | None = None

@@ -40,6 +40,7 @@ def order_view(order: Order) -> OrderView:
         created_at=order.created_at.isoformat(),
         updated_at=order.updated_at.isoformat(),
         saga=saga_view(order),
+        owner_id=order.owner_id,
     )
 
 
@@ -63,6 +64,7 @@ def place_order(command: PlaceOrder, ctx) -> OrderView:
         )
     order = services.order_create(
         customer_id=command.customer_id,
+        owner_id=command.owner_id,
         lines=command.lines,
         prices={sku: item.price for sku, item in items.items()},
         payment_token=command.payment_token,

@@ -11,6 +11,8 @@ class Order(models.Model):
 
     id = models.CharField(primary_key=True, max_length=26, default=new_id, editable=False)
     customer_id = models.CharField(max_length=64, db_index=True)
+    # The user who placed it: customers see only their own orders.
+    owner = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     reason = models.CharField(max_length=64, blank=True, default="")
     total = models.DecimalField(max_digits=12, decimal_places=2)

@@ -9,11 +9,21 @@ from apps.orders.models import Order, OrderLine
 
 @transaction.atomic
 def order_create(
-    *, customer_id: str, lines, prices: dict[str, Decimal], payment_token: str, correlation_id: str
+    *,
+    customer_id: str,
+    lines,
+    prices: dict[str, Decimal],
+    payment_token: str,
+    correlation_id: str,
+    owner_id: int | None = None,
 ) -> Order:
     total = sum((prices[line.sku] * line.quantity for line in lines), Decimal("0"))
     order = Order.objects.create(
-        customer_id=customer_id, total=total, payment_token=payment_token, correlation_id=correlation_id
+        customer_id=customer_id,
+        total=total,
+        payment_token=payment_token,
+        correlation_id=correlation_id,
+        owner_id=owner_id,
     )
     OrderLine.objects.bulk_create(
         OrderLine(order=order, sku=line.sku, quantity=line.quantity, unit_price=prices[line.sku]) for line in lines

@@ -1,10 +1,20 @@
-"""Payments REST API (read-only: payments are made by messages, not requests)."""
+"""Payments REST API (read-only: payments are made by messages, not requests).
 
+Staff see every payment; a customer sees the payments of one of their own orders
+(`?order_id=`), ownership being the orders context's answer to GetOrder.
+"""
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.views import APIView
 
+from apps.mediator.api_schema import PAGE_PARAMETERS, errors, paginated
+from apps.mediator.errors import NotFound
+from apps.mediator.runtime import mediator
+from apps.orders.contracts import GetOrder
 from apps.payments.models import Payment
 
 
@@ -20,12 +30,29 @@ class PaymentListApi(APIView):
     class FilterSerializer(serializers.Serializer):
         order_id = serializers.CharField(max_length=64, required=False)
 
+    @extend_schema(
+        operation_id="payment_list",
+        parameters=[OpenApiParameter("order_id", str, required=False), *PAGE_PARAMETERS],
+        responses={200: paginated("PaginatedPayments", PaymentOutputSerializer), **errors(400, 401, 403)},
+    )
     def get(self, request):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
+        order_id = filters.validated_data.get("order_id")
+        if not request.user.is_staff:
+            if order_id is None:
+                raise PermissionDenied("Give ?order_id= of one of your orders.")
+            try:
+                if mediator.ask(GetOrder(order_id=order_id)).owner_id != request.user.pk:
+                    raise NotFound(f"order {order_id} not found")
+            except NotFound:
+                return self._page(request, Payment.objects.none())
         payments = Payment.objects.all()
-        if "order_id" in filters.validated_data:
-            payments = payments.filter(order_id=filters.validated_data["order_id"])
+        if order_id is not None:
+            payments = payments.filter(order_id=order_id)
+        return self._page(request, payments)
+
+    def _page(self, request, payments):
         paginator = LimitOffsetPagination()
         page = paginator.paginate_queryset(payments, request, view=self)
         return paginator.get_paginated_response(PaymentOutputSerializer(page, many=True).data)

@@ -86,9 +86,7 @@ CONSUMER_REDELIVERED = Gauge(
 )
 STREAM_MESSAGES = Gauge("catga_stream_messages", "Messages stored in the stream.", ["stream"], multiprocess_mode="max")
 STREAM_BYTES = Gauge("catga_stream_bytes", "Bytes stored in the stream.", ["stream"], multiprocess_mode="max")
-DEAD_LETTERS = Gauge(
-    "catga_dead_letters", "Messages in the dead-letter stream (replayable).", multiprocess_mode="max"
-)
+DEAD_LETTERS = Gauge("catga_dead_letters", "Messages in the dead-letter stream (replayable).", multiprocess_mode="max")
 
 UNKNOWN = "unknown"
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client
@@ -45,10 +46,21 @@ async def _on_reconnected() -> None:
     logger.info("NATS reconnected")
 
 
+def redacted(url: str) -> str:
+    """A server URL fit for logs: user and password (Secret material) replaced."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
 async def connect(name: str, *, attempts: int | None = None, delay: float = 1.0) -> Client:
     """Connect, trying `attempts` times (None: CATGA["CONNECT_ATTEMPTS"]) before raising."""
     attempts = attempts or catga_settings.CONNECT_ATTEMPTS
     options = connect_options(name)
+    shown = ", ".join(redacted(url) for url in options["servers"])
     last_error: Exception | None = None
     for attempt in range(1, attempts + 1):
         try:
@@ -65,7 +77,7 @@ async def connect(name: str, *, attempts: int | None = None, delay: float = 1.0)
             )
         except Exception as exc:  # nats raises several unrelated types here
             last_error = exc
-            logger.warning("NATS unreachable at %s (attempt %d/%d): %r", options["servers"], attempt, attempts, exc)
+            logger.warning("NATS unreachable at %s (attempt %d/%d): %r", shown, attempt, attempts, exc)
             if attempt < attempts:
                 await asyncio.sleep(delay)
             continue
@@ -78,4 +90,4 @@ async def connect(name: str, *, attempts: int | None = None, delay: float = 1.0)
                 f"need {'.'.join(map(str, MIN_SERVER_VERSION))} or newer"
             )
         return nc
-    raise ConnectionError(f"cannot reach NATS at {', '.join(options['servers'])}: {last_error!r}")
+    raise ConnectionError(f"cannot reach NATS at {shown}: {last_error!r}")

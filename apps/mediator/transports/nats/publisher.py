@@ -5,6 +5,10 @@ commands and handler threads. It never blocks on the network: the batch goes to
 an asyncio loop on a daemon thread that owns the connection (or to run_consumer's
 own loop when attached). What cannot be published in time stays `pending` in the
 outbox for the relay. The loop thread is recreated after fork (gunicorn preload).
+
+Publishes are coalesced: whatever is handed over while a flush is waiting for the
+loop joins that flush, which publishes it pipelined, waits for all the acks at once
+and marks the outbox rows in one statement (one per burst, not one per message).
 """
 
 import asyncio
@@ -56,6 +60,9 @@ class NatsTransport(Transport):
         # One thread owns the DB connection used to mark rows published; the loop never touches the ORM.
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catga-outbox-mark")
         self._inflight: set[concurrent.futures.Future] = set()
+        # Handed over, not yet taken by a flush; `_flush_pending` is the flush that will take them.
+        self._queue: list[Outgoing] = []
+        self._flush_pending: concurrent.futures.Future | None = None
 
     # -- wiring --------------------------------------------------------------
 
@@ -110,9 +117,25 @@ class NatsTransport(Transport):
         if not due:
             return  # scheduled: the relay publishes it when it is due
         loop = self._ensure_loop()
-        future = asyncio.run_coroutine_threadsafe(self._publish_and_mark(due), loop)
+        with self._lock:
+            self._queue.extend(due)
+            if self._flush_pending is not None:
+                return  # joins the flush already on its way to the loop
+            future = self._flush_pending = concurrent.futures.Future()
         self._inflight.add(future)
         future.add_done_callback(self._inflight.discard)
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._flush(future)))
+
+    async def _flush(self, future: concurrent.futures.Future) -> None:
+        with self._lock:
+            batch, self._queue = self._queue, []
+            self._flush_pending = None
+        try:
+            await self._publish_and_mark(batch)
+        except Exception:  # the rows stay pending: the relay publishes them
+            logger.warning("publishing %d message(s) failed; the outbox relay will retry", len(batch), exc_info=True)
+        finally:
+            future.set_result(None)
 
     async def _publish_and_mark(self, batch: Sequence[Outgoing]) -> None:
         acked = await self.publish_now(batch)
@@ -148,13 +171,19 @@ class NatsTransport(Transport):
                 continue
             futures.append((item.envelope.id, future))
         acked = []
+        if futures:
+            # One wait for the whole batch: the acks arrive pipelined, in any order.
+            await asyncio.wait([f for _, f in futures], timeout=timeout)
         for message_id, future in futures:
-            try:
-                await asyncio.wait_for(future, timeout)
-            except Exception as exc:
-                logger.warning("no JetStream ack for %s: %r", message_id, exc)
-                continue
-            acked.append(message_id)
+            if not future.done():
+                future.cancel()
+                logger.warning("no JetStream ack for %s within %ss", message_id, timeout)
+            elif future.cancelled() or future.exception() is not None:
+                logger.warning(
+                    "no JetStream ack for %s: %r", message_id, None if future.cancelled() else future.exception()
+                )
+            else:
+                acked.append(message_id)
         return acked + fired
 
     def publish_blocking(self, batch: Sequence[Outgoing], timeout: float | None = None) -> list[str]:

@@ -1,0 +1,126 @@
+"""`manage.py catga_status`: the state of the messaging in one place, from any pod.
+
+    kubectl -n catga exec deploy/catga-web -- python manage.py catga_status [--json]
+
+Streams (messages, bytes), each durable consumer's pending and ack-pending counts,
+the dead letters, and the outbox backlog (committed, not yet published) and
+history rows that need attention.
+"""
+
+import asyncio
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
+from django.utils import timezone
+
+from apps.mediator.conf import catga_settings
+from apps.mediator.models import Message
+from apps.mediator.observability import jetstream
+from apps.mediator.transports.nats import connection
+
+TIMEOUT = 10.0  # seconds for the whole JetStream read
+
+
+class Command(BaseCommand):
+    help = (
+        "Show JetStream streams and consumers (pending, ack pending), dead letters and the outbox backlog. "
+        "Exits with an error when NATS is unreachable."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--json", action="store_true", dest="as_json", help="Print one JSON document instead of tables."
+        )
+
+    def handle(self, *args, as_json: bool = False, **options):
+        try:
+            snapshot = asyncio.run(_read_jetstream())
+        except ConnectionError as exc:
+            raise CommandError(f"NATS is unreachable: {exc}") from exc
+        except TimeoutError as exc:
+            raise CommandError(f"NATS did not answer within {TIMEOUT:g}s") from exc
+        status = {
+            **snapshot.as_dict(),
+            "nats_url": catga_settings.NATS_URL,
+            "outbox": _outbox(),
+        }
+        if as_json:
+            self.stdout.write(json.dumps(status, indent=2))
+        else:
+            self._tables(status)
+
+    def _tables(self, status: dict) -> None:
+        out = self.stdout
+        out.write(f"NATS {status['nats_url']}\n")
+        out.write(
+            _table(
+                ["stream", "messages", "bytes", "consumers"],
+                [[s["name"], s["messages"], s["bytes"], s["consumers"]] for s in status["streams"]],
+            )
+        )
+        out.write(
+            _table(
+                ["consumer", "stream", "pending", "ack pending", "redelivered", "waiting pulls"],
+                [
+                    [c["name"], c["stream"], c["pending"], c["ack_pending"], c["redelivered"], c["waiting"]]
+                    for c in status["consumers"]
+                ],
+            )
+        )
+        outbox = status["outbox"]
+        if "error" in outbox:
+            out.write(f"dead letters: {status['dead_letters']} in the stream\n")
+            out.write(self.style.ERROR(f"outbox: database unreachable ({outbox['error']})\n"))
+            return
+        out.write(
+            f"dead letters: {status['dead_letters']} in the stream, {outbox['dead']} dead message(s) in the history\n"
+            f"outbox backlog: {outbox['pending']} pending ({outbox['scheduled']} scheduled for later), "
+            f"{outbox['failed']} failed message(s) being retried\n"
+        )
+        if status["missing"]:
+            out.write(
+                self.style.WARNING(f"missing: {', '.join(status['missing'])} (no process has provisioned them)\n")
+            )
+
+
+async def _read_jetstream() -> jetstream.Snapshot:
+    nc = await connection.connect("catga-status", attempts=1)
+    try:
+        return await asyncio.wait_for(jetstream.snapshot(nc.jetstream()), TIMEOUT)
+    finally:
+        await nc.close()
+
+
+def _outbox() -> dict:
+    try:
+        return _outbox_counts()
+    except DatabaseError as exc:
+        return {"error": str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}
+
+
+def _outbox_counts() -> dict:
+    pending = Message.objects.filter(status=Message.Status.PENDING)
+    return {
+        "pending": pending.count(),
+        "scheduled": pending.filter(available_at__gt=timezone.now()).count(),
+        "failed": Message.objects.filter(status=Message.Status.FAILED).count(),
+        "dead": Message.objects.filter(status=Message.Status.DEAD).count(),
+    }
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    if not rows:
+        return f"({headers[0]}s: none)\n"
+    cells = [headers, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 or n == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n\n"
