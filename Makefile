@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-REQUIREMENTS := requirements/base.txt requirements/observability.txt requirements/dev.txt requirements/k8s.txt requirements/k8s-checkov.txt requirements/e2e.txt
+REQUIREMENTS := requirements/base.txt requirements/observability.txt requirements/dev.txt requirements/k8s.txt requirements/k8s-checkov.txt requirements/e2e.txt requirements/bench.txt
 STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 
 .PHONY: run test lint unit integration bench clean
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 $(STAMP): $(REQUIREMENTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements/dev.txt -r requirements/k8s.txt -r requirements/e2e.txt
+	$(BIN)/python -m pip install --quiet -r requirements/dev.txt -r requirements/k8s.txt -r requirements/e2e.txt -r requirements/bench.txt
 	# checkov (tests/k8s) in a virtualenv of its own: its dependencies stay out of the app's.
 	test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/python -m pip install --quiet -r requirements/k8s-checkov.txt
@@ -38,6 +38,12 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	DJANGO_DEBUG=0 $(BIN)/python -m pytest tests/unit
+
+## The benchmark suite (bench/run.py, < 10 min): its own NATS, PostgreSQL from DATABASE_URL
+## (default postgres://postgres@127.0.0.1:5432/bench), Redis for the Celery baseline.
+## Prints a table and writes bench/results/latest.json. BENCH_ARGS=--quick for a smoke run.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

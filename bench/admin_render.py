@@ -46,16 +46,17 @@ def main() -> None:
     os.environ.setdefault("DJANGO_STATIC_ROOT", workdir)  # nothing is collected; whitenoise wants a folder
     os.environ["CATGA_TRANSPORT"] = "memory"
     os.environ["DJANGO_DEBUG"] = "0"
+    os.environ.setdefault("DJANGO_SECURE_SSL_REDIRECT", "0")  # the test client speaks plain HTTP
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "catga_site.settings")
 
     import django
 
     django.setup()
+    from django.conf import settings
     from django.contrib.auth.models import Permission, User
     from django.core.management import call_command
     from django.db import connection
     from django.test import Client
-    from django.conf import settings
     from django.test.utils import CaptureQueriesContext, override_settings, setup_test_environment
 
     from apps.mediator.models import Message

@@ -133,9 +133,7 @@ def order_latency(args) -> dict:
     from apps.orders.models import Order
 
     accepted = json.loads(Path(args.accepted).read_text())
-    confirmed = dict(
-        Order.objects.filter(pk__in=list(accepted), status="confirmed").values_list("pk", "updated_at")
-    )
+    confirmed = dict(Order.objects.filter(pk__in=list(accepted), status="confirmed").values_list("pk", "updated_at"))
     values = [(confirmed[pk].timestamp() - at) * 1000 for pk, at in accepted.items() if pk in confirmed]
     return {
         "placed": len(accepted),

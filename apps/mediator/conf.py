@@ -35,6 +35,9 @@ DUPLICATE_WINDOW    Seconds JetStream remembers a Nats-Msg-Id to drop re-publish
 ACK_WAIT            Seconds before an unacknowledged delivery is redelivered.
 CONCURRENCY         Handler threads per run_consumer process.
 FETCH_BATCH         Most messages fetched per pull request.
+PREFETCH_MULTIPLIER Messages in flight per handler thread (Celery's worker_prefetch_multiplier):
+                    a thread takes its share of a fetched batch in one hand-off. 1 gives
+                    a slow handler's neighbours no wait behind it, at more cost per message.
 CONNECT_ATTEMPTS    Tries to reach NATS at start-up before run_consumer gives up.
 PUBLISH_TIMEOUT     Seconds to wait for JetStream's ack of a publish.
 RELAY_INTERVAL      Seconds between outbox relay sweeps.
@@ -42,6 +45,7 @@ RELAY_GRACE         Age in seconds before the relay takes over an unpublished ro
                     (younger rows are still being published right after commit).
 RELAY_BATCH         Rows per relay transaction.
 SHUTDOWN_GRACE      Seconds run_consumer gives in-flight handlers after SIGTERM.
+MAX_BODY_BYTES      Largest message body a worker decodes; bigger ones are dead-lettered unread.
 LIVENESS_WINDOW     Seconds without progress (a fetch returning, a handler heartbeat) before
                     run_consumer's /health/live fails and Kubernetes restarts it.
 METRICS_INTERVAL    Seconds between run_consumer's readings of JetStream lag and outbox backlog.
@@ -84,12 +88,14 @@ DEFAULTS = {
     "ACK_WAIT": 30,
     "CONCURRENCY": 8,
     "FETCH_BATCH": 64,
+    "PREFETCH_MULTIPLIER": 4,
     "CONNECT_ATTEMPTS": 5,
     "PUBLISH_TIMEOUT": 5.0,
     "RELAY_INTERVAL": 1.0,
     "RELAY_GRACE": 5.0,
     "RELAY_BATCH": 200,
     "SHUTDOWN_GRACE": 20.0,
+    "MAX_BODY_BYTES": 256 * 1024,
     "LIVENESS_WINDOW": 30.0,
     "METRICS_INTERVAL": 15.0,
     "TRACING": False,

@@ -11,14 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from django.db import OperationalError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from apps.mediator import codec, history
 from apps.mediator.conf import catga_settings
 from apps.mediator.context import current_envelope
 from apps.mediator.envelope import Envelope
-from apps.mediator.errors import AttemptsExhausted, PermanentError, UndecodableMessage
+from apps.mediator.errors import AttemptsExhausted, PermanentError, UndecodableMessage, ValidationFailed
+from apps.mediator.ids import new_id
 from apps.mediator.messages import Kind, Message, QoS, message_type
 from apps.mediator.models import Delivery
 from apps.mediator.models import Message as MessageRow
@@ -49,9 +50,15 @@ class Dispatcher:
         self.pipeline = pipeline
 
     def handle(self, envelope: Envelope, body: bytes, *, context: str | None = None) -> Outcome:
+        if len(body) > catga_settings.MAX_BODY_BYTES:
+            return self.dead_on_arrival(
+                envelope,
+                body[:256],
+                f"body of {len(body)} bytes exceeds MAX_BODY_BYTES={catga_settings.MAX_BODY_BYTES}",
+            )
         try:
             message = codec.decode(envelope.type, body)
-        except UndecodableMessage as exc:
+        except (UndecodableMessage, ValidationFailed) as exc:  # the latter from the type's validate()
             return self.dead_on_arrival(envelope, body, str(exc))
         specs = self.registry.handlers_for(type(message), context)
         if not specs:
@@ -59,7 +66,10 @@ class Dispatcher:
                 return Outcome(ACK)  # nobody here subscribes; not an error
             return self.dead_on_arrival(envelope, body, f"no handler for {envelope.type}")
         if _inbox(envelope):
-            history.ensure_received(envelope, codec.to_payload(message))
+            stored, created = history.ensure_received(envelope, codec.to_payload(message))
+            forged = "" if created else _not_the_stored(stored, envelope, message)
+            if forged:
+                return Outcome(DEAD, reason=forged)  # the stored message's history is left as it is
         outcomes = [self.run(spec, message, envelope) for spec in specs]
         for action in (RETRY, DEAD):
             matching = [o for o in outcomes if o.action == action]
@@ -77,11 +87,20 @@ class Dispatcher:
                 # NOWAIT: a copy of this message still being handled elsewhere (a timed-out
                 # stray, a redelivery racing the original) makes this attempt fail fast and
                 # retry later, instead of parking a handler thread on the lock.
-                delivery, created = Delivery.objects.select_for_update(nowait=_NOWAIT()).get_or_create(
-                    message_id=envelope.id,
-                    handler=spec.name,
-                    defaults={"context": spec.context, "first_started_at": started},
+                delivery = (
+                    Delivery.objects.select_for_update(nowait=_NOWAIT())
+                    .filter(message_id=envelope.id, handler=spec.name)
+                    .first()
                 )
+                created = delivery is None
+                if created:
+                    # No savepoint around it (get_or_create's costs two round trips): should a
+                    # racing copy insert the row first, this attempt rolls back and is retried
+                    # as "busy", like a lock held elsewhere.
+                    delivery = Delivery(
+                        message_id=envelope.id, handler=spec.name, context=spec.context, first_started_at=started
+                    )
+                    delivery.save(force_insert=True)
                 if not created and delivery.status in (Delivery.Status.SUCCEEDED, Delivery.Status.DEAD):
                     return Outcome(ACK, result=delivery.result, duplicate=True)
                 if envelope.attempt > self.max_attempts(message):
@@ -194,13 +213,38 @@ class Dispatcher:
         return Outcome(DEAD, reason=f"{why}: {error}")
 
     def dead_on_arrival(self, envelope: Envelope, body: bytes, reason: str) -> Outcome:
+        raw = {"raw": history.printable(body[:4096].decode("utf-8", "replace"))}
         with transaction.atomic():
-            history.ensure_received(envelope, {"raw": history.printable(body[:4096].decode("utf-8", "replace"))})
+            stored, created = history.ensure_received(envelope, raw)
+            if not created and stored.status == MessageRow.Status.HANDLED:
+                # A bad copy of a message already handled is not that message (its id was
+                # reused): record it apart, leaving the original's history as it was.
+                reason = f"{reason} (its id {envelope.id} names a message already handled)"
+                envelope = msgspec.structs.replace(envelope, id=new_id())
+                history.ensure_received(envelope, raw)
             now = timezone.now()
             history.record_delivery_failure(
                 envelope, "(decode)", "", status=Delivery.Status.DEAD, started=now, error=reason, tb=""
             )
         return Outcome(DEAD, reason=reason)
+
+
+def _not_the_stored(stored: MessageRow, envelope: Envelope, message: Message) -> str:
+    """Why a message whose id the history already holds is not that message ("" when it is).
+
+    The inbox is keyed by message id, so a copy reusing the id of another message (of
+    another type, or with another body) must be neither applied in its place nor
+    acknowledged as if it had been.
+    """
+    if stored.type != envelope.type:
+        return f"forged message id: {envelope.id} names a {stored.type}, not a {envelope.type}"
+    try:
+        original = msgspec.convert(stored.payload, type(message))
+    except msgspec.ValidationError:
+        return ""  # recorded by another version of the type: the id is all there is to go on
+    if original != message:
+        return f"forged message id: {envelope.id} names a {stored.type} with another body"
+    return ""
 
 
 def workflows():
@@ -216,7 +260,10 @@ def _inbox(envelope: Envelope) -> bool:
 
 
 def _lock_busy(exc: BaseException) -> bool:
-    """PostgreSQL's lock_not_available, raised by FOR UPDATE NOWAIT."""
+    """PostgreSQL's lock_not_available (FOR UPDATE NOWAIT), or a racing copy's inbox row inserted first."""
+    if isinstance(exc, IntegrityError):
+        diag = getattr(exc.__cause__, "diag", None)
+        return getattr(diag, "constraint_name", None) == "delivery_once_per_handler"
     return isinstance(exc, OperationalError) and getattr(exc.__cause__, "sqlstate", None) == "55P03"
 
 

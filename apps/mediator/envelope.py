@@ -4,6 +4,7 @@ On NATS it travels as headers beside a JSON body; in the database it is the
 columns of the history's Message row.
 """
 
+import datetime as dt
 import time
 
 import msgspec
@@ -25,6 +26,12 @@ H_NOT_BEFORE = "Catga-Not-Before"
 H_TRACEPARENT = "traceparent"
 H_TRACESTATE = "tracestate"
 H_WORKFLOW = "Catga-Workflow"
+
+# What the history's columns hold (apps.mediator.models.Message): ids are 26-character
+# ULIDs, wire names "<context>.<Name>". Longer values from the wire are refused here,
+# as undecodable, rather than failing the database write on every redelivery.
+MAX_ID_LENGTH = 26
+MAX_TYPE_LENGTH = 200
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,8 +108,10 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
         missing = [h for h in (H_ID, H_TYPE, H_KIND) if not headers.get(h)]
         if missing:
             raise UndecodableMessage(f"missing header(s): {', '.join(missing)}")
+        if any("\x00" in str(value) for value in headers.values()):
+            raise UndecodableMessage("bad header value: a NUL character (the history cannot store it)")
         try:
-            return cls(
+            envelope = cls(
                 id=headers[H_ID],
                 type=headers[H_TYPE],
                 kind=Kind(headers[H_KIND]),
@@ -118,3 +127,20 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
             )
         except ValueError as exc:
             raise UndecodableMessage(f"bad header value: {exc}") from exc
+        envelope._check_storable()
+        return envelope
+
+    def _check_storable(self) -> None:
+        """Refuse what parses but cannot be recorded: over-long ids, times no datetime can hold."""
+        ids = {H_ID: self.id, H_CORRELATION: self.correlation_id, H_CAUSATION: self.causation_id or ""}
+        for header, value in ids.items():
+            if len(value) > MAX_ID_LENGTH:
+                raise UndecodableMessage(f"bad header value: {header} is longer than {MAX_ID_LENGTH} characters")
+        if len(self.type) > MAX_TYPE_LENGTH:
+            raise UndecodableMessage(f"bad header value: {H_TYPE} is longer than {MAX_TYPE_LENGTH} characters")
+        for header, seconds in ((H_CREATED, self.created_at), (H_NOT_BEFORE, self.not_before)):
+            try:
+                if seconds is not None:
+                    dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
+            except (ValueError, OverflowError, OSError):
+                raise UndecodableMessage(f"bad header value: {header}={seconds!r} is not a time") from None

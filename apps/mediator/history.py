@@ -1,8 +1,10 @@
 """Reads and writes of the history tables, kept out of the dispatcher's logic."""
 
 import datetime as dt
+import functools
 
 import msgspec
+from django.db import connection
 from django.utils import timezone
 
 from apps.mediator.conf import catga_settings
@@ -25,6 +27,10 @@ def _context_of(envelope: Envelope) -> str:
     return envelope.type.split(".", 1)[0] if "." in envelope.type else ""
 
 
+def _fit(value: str, field: str) -> str:
+    return value[: Message._meta.get_field(field).max_length]
+
+
 def message_row(envelope: Envelope, payload, *, status: str) -> Message:
     extra = {}
     if envelope.traceparent:
@@ -33,9 +39,10 @@ def message_row(envelope: Envelope, payload, *, status: str) -> Message:
         extra["workflow"] = envelope.workflow
     return Message(
         id=envelope.id,
-        type=envelope.type,
+        # A dead letter's stand-in envelope carries whatever type header came in: clip it to fit.
+        type=_fit(printable(envelope.type), "type"),
         kind=envelope.kind.value,
-        context=_context_of(envelope),
+        context=_fit(_context_of(envelope), "context"),
         correlation_id=envelope.correlation_id,
         causation_id=envelope.causation_id or "",
         qos=envelope.qos.value,
@@ -48,8 +55,26 @@ def message_row(envelope: Envelope, payload, *, status: str) -> Message:
 
 
 def store_outgoing(envelope: Envelope, payload, *, status: str = Message.Status.PENDING) -> None:
-    """The outbox write: runs in the sender's transaction."""
-    message_row(envelope, payload, status=status).save(force_insert=True)
+    """The outbox write: runs in the sender's transaction.
+
+    The hot path of every send, so the INSERT is built once per connection vendor rather
+    than compiled by the ORM each time (Model.save costs twice the database's own time here;
+    no signal listens on Message). The values still go through each field's own preparation.
+    """
+    row = message_row(envelope, payload, status=status)
+    sql, fields = _outbox_insert(connection.vendor)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields])
+
+
+@functools.cache
+def _outbox_insert(vendor: str) -> tuple[str, list]:
+    fields = list(Message._meta.concrete_fields)
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    values = ", ".join(["%s"] * len(fields))
+    sql = f"INSERT INTO {quote(Message._meta.db_table)} ({columns}) VALUES ({values})"  # noqa: S608 (names from the model)
+    return sql, fields
 
 
 def recording() -> bool:
@@ -68,9 +93,9 @@ def mark_published(ids: list[str]) -> None:
     pending.update(status=Message.Status.PUBLISHED, published_at=timezone.now())
 
 
-def ensure_received(envelope: Envelope, payload, *, status: str = Message.Status.PUBLISHED) -> None:
-    """A message that arrived without passing through our outbox still gets a row."""
-    Message.objects.get_or_create(
+def ensure_received(envelope: Envelope, payload, *, status: str = Message.Status.PUBLISHED) -> tuple[Message, bool]:
+    """A message that arrived without passing through our outbox still gets a row: (row, created)."""
+    return Message.objects.get_or_create(
         id=envelope.id,
         defaults={
             f.attname: getattr(message_row(envelope, payload, status=status), f.attname)

@@ -15,7 +15,6 @@ import json
 import logging
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from django.db import close_old_connections, reset_queries
@@ -27,6 +26,7 @@ from apps.mediator.conf import catga_settings
 from apps.mediator.dispatcher import ACK, DEAD, RETRY, Dispatcher, Outcome
 from apps.mediator.envelope import H_DEDUPE, H_ID, H_TYPE, Envelope
 from apps.mediator.errors import UndecodableMessage
+from apps.mediator.handler_pool import HandlerPool
 from apps.mediator.health import HealthServer
 from apps.mediator.ids import new_id
 from apps.mediator.messages import Kind, message_type
@@ -101,8 +101,10 @@ class Worker:
         """Connect and bind; raises ConnectionError when NATS stays unreachable."""
         self.loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
-        self.executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="catga-handler")
-        self.slots = Slots(self.concurrency)
+        self.pool = HandlerPool(self.loop, self.concurrency)
+        self.executor = self.pool.executor
+        # More messages in flight than threads, so a thread takes several per hand-off.
+        self.slots = Slots(self.concurrency * catga_settings.PREFETCH_MULTIPLIER)
         self.nc = await connection.connect(f"catga-worker-{'+'.join(self.contexts)}")
         self.state.connected = True
         self.js = self.nc.jetstream()
@@ -185,30 +187,33 @@ class Worker:
         batch_max = catga_settings.FETCH_BATCH
         # Slots are reserved while a pull waits, so an idle subscription asks for a
         # fair share only and a busy one (its last pull came back full) for all it can.
-        fair = max(1, -(-self.concurrency // len(self.subscriptions)))
+        fair = max(1, -(-self.concurrency * catga_settings.PREFETCH_MULTIPLIER // len(self.subscriptions)))
         want = fair
         while not self.state.draining:
             taken = await self.slots.take(min(want, batch_max))
+            got = []
             try:
-                messages = await _fetch(sub, taken, timeout=1.0)
+                await _fetch(sub, taken, 1.0, functools.partial(self._spawn, durable, got))
             except (TimeoutError, NatsTimeoutError):
-                messages = []
+                pass
             except asyncio.CancelledError:
-                await self.slots.give(taken)
+                await self.slots.give(taken - len(got))
                 raise
             except Exception as exc:  # disconnected, consumer deleted...: keep trying
                 logger.warning("fetch from %s failed: %r", durable.name, exc)
-                messages = []
                 await asyncio.sleep(0.5)
             self.state.last_progress = time.monotonic()
-            want = batch_max if messages and len(messages) == taken else fair
-            await self.slots.give(taken - len(messages))
+            want = batch_max if got and len(got) == taken else fair
+            await self.slots.give(taken - len(got))
             await asyncio.sleep(0)  # let subscriptions waiting for slots take them first
-            for msg in messages:
-                task = asyncio.create_task(self._process(durable, msg))
-                self._tasks.add(task)
-                self._messages[task] = msg
-                task.add_done_callback(self._forget)
+
+    def _spawn(self, durable, got: list, messages: list) -> None:
+        got += messages
+        for msg in messages:
+            task = asyncio.create_task(self._process(durable, msg))
+            self._tasks.add(task)
+            self._messages[task] = msg
+            task.add_done_callback(self._forget)
 
     async def _on_core_message(self, durable, msg) -> None:
         await self.slots.take(1)  # waiting here pushes back on the core subscription
@@ -267,17 +272,20 @@ class Worker:
         Python cannot kill, is returned as a stray so its slot stays taken until it ends.
         Should it still commit, its effects are guarded by the inbox: the retry skips them.
         """
-        future = asyncio.ensure_future(self._run(self.dispatcher.handle, envelope, msg.data, context=durable.context))
+        job = self.pool.submit(self.dispatcher.handle, envelope, msg.data, context=durable.context)
+        future = job.future
         cls = message_type(envelope.type)
         timeout = (cls.options.timeout if cls is not None else None) or catga_settings.HANDLER_TIMEOUT
         heartbeat = max(0.5, catga_settings.ACK_WAIT / 3)
-        deadline = self.loop.time() + timeout
         while True:
-            done, _ = await asyncio.wait({future}, timeout=max(0.01, min(heartbeat, deadline - self.loop.time())))
+            # The timeout counts from when a thread starts the handler, not from the fetch.
+            left = timeout if job.started is None else job.started + timeout - time.monotonic()
+            done, _ = await asyncio.wait({future}, timeout=max(0.01, min(heartbeat, left)))
             if done:
                 return future.result(), None
-            if self.loop.time() >= deadline:
+            if job.started is not None and time.monotonic() >= job.started + timeout:
                 logger.warning("%s %s ran past its %gs timeout; retrying it", envelope.type, envelope.id, timeout)
+                self.pool.requeue_waiting(job)
                 future.add_done_callback(
                     lambda _: self.loop.create_task(
                         self._run(self.dispatcher.note_timeout, envelope, durable.context, timeout)
@@ -285,10 +293,11 @@ class Worker:
                 )
                 return self.dispatcher.timed_out(envelope, timeout), future
             await msg.in_progress()
-            self.state.last_progress = time.monotonic()  # a handler within its timeout is progress
+            if job.started is not None:  # running within its timeout is progress; queued behind a stuck thread is not
+                self.state.last_progress = time.monotonic()
 
     async def _run(self, func, *args, **kwargs) -> Outcome:
-        return await self.loop.run_in_executor(self.executor, _in_thread, func, args, kwargs)
+        return await self.pool.submit(func, *args, **kwargs).future
 
     async def _settle(self, durable, msg, outcome: Outcome) -> None:
         metrics.count_settled((msg.headers or {}).get(H_TYPE, ""), durable.context, outcome.action)
@@ -305,8 +314,10 @@ class Worker:
                     H_DEAD_SUBJECT: msg.subject,
                     H_DEAD_CONSUMER: durable.name,
                     H_DEAD_AT: repr(time.time()),
-                    # Unique per death, so a replayed message that dies again is recorded again.
-                    H_DEDUPE: f"{original_id}.dead.{msg.metadata.num_delivered}",
+                    # Unique per stored message, so a replayed copy that dies again is recorded
+                    # again, and so is each of several messages claiming one id (forgeries);
+                    # stable across redeliveries, so dying twice (a crash before term) is one letter.
+                    H_DEDUPE: f"{original_id}.dead.{msg.metadata.stream}.{msg.metadata.sequence.stream}",
                 }
             )
             await self.js.publish(topology.dlq_subject(msg.subject), msg.data, headers=headers)
@@ -344,18 +355,19 @@ class Worker:
             await asyncio.sleep(interval)
 
 
-async def _fetch(sub, most: int, timeout: float) -> list:
+async def _fetch(sub, most: int, timeout: float, spawn) -> None:
     """Up to `most` messages: a long poll for the first, then whatever else is there right now.
 
     nats-py's `fetch(n)` keeps waiting for the batch to fill once it had to wait at all,
     which holds the first message of a quiet moment back for the whole timeout; a
-    one-message long poll answers the moment something arrives, and a no-wait pull
-    (answered at once, by the server) adds what is queued behind it.
+    one-message long poll answers the moment something arrives (and it is handed to
+    `spawn` at once), then a no-wait pull (answered at once, by the server) adds what
+    is queued behind it.
     """
-    messages = await sub.fetch(1, timeout=timeout)
-    if most > 1 and messages:
-        messages += await _fetch_now(sub, most - len(messages))
-    return messages
+    first = await sub.fetch(1, timeout=timeout)
+    spawn(first)
+    if most > 1 and first:
+        spawn(await _fetch_now(sub, most - 1))
 
 
 async def _fetch_now(sub, most: int) -> list:

@@ -35,10 +35,8 @@ def web_env(rendered, tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def test_the_prod_overlay_passes_the_deploy_check(committed, tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "CATGA_DATA_DIR": str(tmp_path), **web_env(committed["prod"], tmp_path)}
-    assert env.get("DJANGO_DEBUG", "0") in ("0", "false", "False")
-    result = subprocess.run(
+def deploy_check(env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=ROOT,
         env=env,
@@ -46,6 +44,12 @@ def test_the_prod_overlay_passes_the_deploy_check(committed, tmp_path):
         text=True,
         timeout=120,
     )
+
+
+def test_the_prod_overlay_passes_the_deploy_check(committed, tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "CATGA_DATA_DIR": str(tmp_path), **web_env(committed["prod"], tmp_path)}
+    assert env.get("DJANGO_DEBUG", "0") in ("0", "false", "False")
+    result = deploy_check(env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
 
@@ -57,13 +61,6 @@ def test_the_deploy_check_catches_a_debug_production(committed, tmp_path):
         **web_env(committed["prod"], tmp_path),
         "DJANGO_DEBUG": "1",
     }
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = deploy_check(env)
     assert result.returncode != 0
     assert "DEBUG" in result.stdout + result.stderr

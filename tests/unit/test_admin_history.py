@@ -1,5 +1,6 @@
 """The message history admin: list, search, filters, one message's page, a conversation."""
 
+import datetime as dt
 import re
 
 import pytest
@@ -9,6 +10,7 @@ from django.test.utils import CaptureQueriesContext
 
 from apps.mediator import admin_conversation
 from apps.mediator.admin_paginator import CappedCountPaginator
+from apps.mediator.ids import new_id
 from apps.mediator.models import Delivery, Message
 from apps.orders.models import Order
 
@@ -307,3 +309,26 @@ def test_the_delivery_list_filters_by_context_and_finds_a_conversation(api, cata
     assert {d.message.correlation_id for d in found} == {order.correlation_id}
     assert {d.context for d in by_context.context["cl"].result_list} == {"payments"}
     assert not [q for q in queries.captured_queries if "DISTINCT" in q["sql"].upper() or '"traceback"' in q["sql"]]
+
+
+def test_a_scheduled_message_in_a_conversation_says_when_it_is_due(api, catalogue, support_client):
+    order = place(api)
+    root = Message.objects.get(pk=order.correlation_id)
+    due = root.created_at + dt.timedelta(minutes=5)
+    Message.objects.create(
+        id=new_id(),
+        type="orders.ConfirmOrder",
+        kind="command",
+        context="orders",
+        correlation_id=order.correlation_id,
+        causation_id=root.pk,
+        qos="at_least_once",
+        status="pending",
+        payload={"order_id": order.id},
+        created_at=root.created_at,
+        available_at=due,
+    )
+
+    html = support_client.get(f"{LIST}conversation/{order.correlation_id}/").content.decode()
+
+    assert f"due {due.astimezone(dt.UTC):%H:%M:%S} UTC" in html

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import msgspec
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -138,6 +139,24 @@ class JsonLinesExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+class NoOrphanQueries(Sampler):
+    """Root sampler that drops client spans (database queries) with no parent.
+
+    The outbox relay, the metrics refresh and readiness probes query the database
+    every few seconds outside any request or message: each query would otherwise be
+    a trace of its own. Queries of a request or a handled message have a parent and
+    are kept (ParentBased never asks this sampler about them).
+    """
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):
+        if kind is SpanKind.CLIENT:  # the DB instrumentations set db.* attributes only after sampling
+            return SamplingResult(Decision.DROP)
+        return ALWAYS_ON.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return "NoOrphanQueries"
+
+
 def setup() -> bool:
     """Install the tracer provider and instrumentation that the settings ask for; True if tracing is on."""
     if not catga_settings.TRACING or enabled():
@@ -156,7 +175,10 @@ def setup() -> bool:
     if not processors:
         logger.info("tracing is enabled but no exporter is configured (set OTEL_EXPORTER_OTLP_ENDPOINT); it stays off")
         return False
-    provider = TracerProvider(resource=Resource.create({"service.name": catga_settings.SERVICE_NAME}))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": catga_settings.SERVICE_NAME}),
+        sampler=ParentBased(root=NoOrphanQueries()),
+    )
     for processor in processors:
         provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)

@@ -88,7 +88,7 @@ class Command(BaseCommand):
                     env,
                 )
             self._spawn("web", [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"], env)
-            wait_for_port(port, time.monotonic() + 30)
+            wait_for_port(port, time.monotonic() + 120)  # a busy 2-core laptop starts slowly
             self.stdout.write(
                 f"\nReady: http://{host}:{port}/  (API under /api/, admin at /admin/), NATS at {nats_url}\n"
                 "Press Ctrl-C to stop.\n"

@@ -73,33 +73,22 @@ def stream_configs(contexts) -> list[StreamConfig]:
     reserved = {"dlq", "amo"} & set(contexts)
     if reserved:
         raise ValueError(f"context names {sorted(reserved)} are reserved for subjects; rename them")
-    storage = StorageType(catga_settings.STREAM_STORAGE)
-    common = {"num_replicas": catga_settings.STREAM_REPLICAS, "storage": storage}
+
+    def stream(kind: str, subjects: list[str], max_age: float) -> StreamConfig:
+        return StreamConfig(
+            name=stream_name(kind),
+            subjects=subjects,
+            retention=RetentionPolicy.LIMITS,
+            max_age=max_age,
+            duplicate_window=catga_settings.DUPLICATE_WINDOW,
+            num_replicas=catga_settings.STREAM_REPLICAS,
+            storage=StorageType(catga_settings.STREAM_STORAGE),
+        )
+
     return [
-        StreamConfig(
-            name=stream_name("CMD"),
-            subjects=[f"{prefix()}.{c}.cmd.>" for c in contexts],
-            retention=RetentionPolicy.LIMITS,
-            max_age=catga_settings.STREAM_MAX_AGE,
-            duplicate_window=catga_settings.DUPLICATE_WINDOW,
-            **common,
-        ),
-        StreamConfig(
-            name=stream_name("EVT"),
-            subjects=[f"{prefix()}.{c}.evt.>" for c in contexts],
-            retention=RetentionPolicy.LIMITS,
-            max_age=catga_settings.STREAM_MAX_AGE,
-            duplicate_window=catga_settings.DUPLICATE_WINDOW,
-            **common,
-        ),
-        StreamConfig(
-            name=stream_name("DLQ"),
-            subjects=[f"{prefix()}.dlq.>"],
-            retention=RetentionPolicy.LIMITS,
-            max_age=catga_settings.DLQ_MAX_AGE,
-            duplicate_window=catga_settings.DUPLICATE_WINDOW,
-            **common,
-        ),
+        stream("CMD", [f"{prefix()}.{c}.cmd.>" for c in contexts], catga_settings.STREAM_MAX_AGE),
+        stream("EVT", [f"{prefix()}.{c}.evt.>" for c in contexts], catga_settings.STREAM_MAX_AGE),
+        stream("DLQ", [f"{prefix()}.dlq.>"], catga_settings.DLQ_MAX_AGE),
     ]
 
 

@@ -1,0 +1,132 @@
+"""The consumer's handler threads, fed in chunks.
+
+The ORM must not run on the event loop, so every delivery crosses to a handler
+thread and back. One hand-off per message costs more than a no-op handler: a
+thread wake-up, a future, a GIL switch, a database health check. The pool keeps
+what is waiting in one queue and gives each idle thread its share in one go: with
+more messages in flight than threads (CATGA["PREFETCH_MULTIPLIER"]), a thread runs
+a few deliveries, each still in its own transaction, for one hand-off.
+
+A job that runs past its timeout keeps its thread (Python cannot stop it); the
+jobs queued behind it in that thread go back to the queue for the other threads.
+"""
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from django.db import close_old_connections, connection, reset_queries
+
+logger = logging.getLogger("catga.worker")
+
+HYGIENE_INTERVAL = 1.0  # seconds between a thread's close_old_connections() while it is busy
+_thread = threading.local()
+
+
+class Job:
+    """One call, queued for a handler thread; `future` resolves on the event loop."""
+
+    __slots__ = ("args", "func", "future", "kwargs", "owner", "started")
+
+    def __init__(self, func, args, kwargs, future):
+        self.func, self.args, self.kwargs, self.future = func, args, kwargs, future
+        self.started: float | None = None  # time.monotonic() when its thread began it
+        self.owner: list | None = None  # the chunk that may run it
+
+
+class HandlerPool:
+    def __init__(self, loop, threads: int):
+        self.loop = loop
+        self.threads = threads
+        self.idle = threads
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="catga-handler")
+        self._queue: collections.deque[Job] = collections.deque()
+        self._lock = threading.Lock()  # who runs a job: its chunk's thread, or the queue again
+        self._scheduled = False
+
+    def submit(self, func, *args, **kwargs) -> Job:
+        job = Job(func, args, kwargs, self.loop.create_future())
+        self._queue.append(job)
+        self._schedule()
+        return job
+
+    def requeue_waiting(self, job: Job) -> None:
+        """`job` ran past its timeout: the jobs waiting behind it in its thread go to other threads."""
+        with self._lock:
+            chunk = job.owner or []
+            waiting = [j for j in chunk if j.started is None and j.owner is chunk]
+            for j in waiting:
+                j.owner = None
+        self._queue.extendleft(reversed(waiting))
+        self._schedule()
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- on the loop -------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        # Once per loop iteration, so a fetched batch is split in one go.
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        while self._queue and self.idle:
+            share = -(-len(self._queue) // self.idle)
+            chunk = [self._queue.popleft() for _ in range(min(share, len(self._queue)))]
+            with self._lock:
+                for job in chunk:
+                    job.owner = chunk
+            self.idle -= 1
+            self.loop.run_in_executor(self.executor, self._run_chunk, chunk).add_done_callback(self._chunk_done)
+
+    def _chunk_done(self, future) -> None:
+        self.idle += 1
+        if not future.cancelled() and future.exception() is not None:
+            logger.error("a handler thread failed outside any handler", exc_info=future.exception())
+        self._dispatch()
+
+    # -- in a handler thread -------------------------------------------------------
+
+    def _run_chunk(self, chunk: list[Job]) -> None:
+        """Run a chunk's jobs one after another, with Django's connection hygiene around them.
+
+        close_old_connections() is what Django does around a request; it also makes the next
+        query a health check (a round trip to the database), so a busy thread does it at most
+        every HYGIENE_INTERVAL, and at once after a database error.
+        """
+        reset_queries()
+        now = time.monotonic()
+        if now - getattr(_thread, "hygiene_at", 0.0) >= HYGIENE_INTERVAL:
+            _thread.hygiene_at = now
+            close_old_connections()
+        try:
+            for job in chunk:
+                with self._lock:
+                    if job.owner is not chunk:
+                        continue  # handed to another thread while this one was stuck
+                    job.started = time.monotonic()
+                try:
+                    result = job.func(*job.args, **job.kwargs)
+                except BaseException as exc:  # delivered to the awaiting coroutine
+                    self.loop.call_soon_threadsafe(_resolve, job.future, None, exc)
+                else:
+                    self.loop.call_soon_threadsafe(_resolve, job.future, result, None)
+                if connection.errors_occurred:
+                    close_old_connections()  # a broken connection is not handed to the next job
+        finally:
+            if connection.errors_occurred:
+                close_old_connections()
+
+
+def _resolve(future, result, exc) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
