@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from apps.mediator import codec, history
@@ -84,24 +84,11 @@ class Dispatcher:
         started = timezone.now()
         try:
             with transaction.atomic():
-                # NOWAIT: a copy of this message still being handled elsewhere (a timed-out
-                # stray, a redelivery racing the original) makes this attempt fail fast and
-                # retry later, instead of parking a handler thread on the lock.
-                delivery = (
-                    Delivery.objects.select_for_update(nowait=_NOWAIT())
-                    .filter(message_id=envelope.id, handler=spec.name)
-                    .first()
-                )
-                created = delivery is None
-                if created:
-                    # No savepoint around it (get_or_create's costs two round trips): should a
-                    # racing copy insert the row first, this attempt rolls back and is retried
-                    # as "busy", like a lock held elsewhere.
-                    delivery = Delivery(
-                        message_id=envelope.id, handler=spec.name, context=spec.context, first_started_at=started
-                    )
-                    delivery.save(force_insert=True)
-                if not created and delivery.status in (Delivery.Status.SUCCEEDED, Delivery.Status.DEAD):
+                # A copy of this message still being handled elsewhere (a timed-out stray, a
+                # redelivery racing the original) makes this attempt fail fast (InboxBusy) and
+                # retry later, instead of parking a handler thread on a lock.
+                delivery = history.inbox_claim(envelope.id, spec.name, spec.context, started)
+                if delivery.status in (Delivery.Status.SUCCEEDED, Delivery.Status.DEAD):
                     return Outcome(ACK, result=delivery.result, duplicate=True)
                 if envelope.attempt > self.max_attempts(message):
                     raise AttemptsExhausted(f"delivered {envelope.attempt} times without settling")
@@ -112,20 +99,7 @@ class Dispatcher:
                         workflows().member_succeeded(envelope, _jsonable(result))
                 finally:
                     current_envelope.reset(token)
-                finished = timezone.now()
-                delivery.status = Delivery.Status.SUCCEEDED
-                delivery.attempts = max(delivery.attempts + 1, envelope.attempt)
-                delivery.started_at = started
-                delivery.finished_at = finished
-                delivery.duration_ms = (finished - started).total_seconds() * 1000
-                delivery.error = ""
-                delivery.result = _jsonable(result)
-                delivery.attempt_log = [
-                    *delivery.attempt_log,
-                    history.log_entry(envelope.attempt, started, finished, "succeeded"),
-                ]
-                delivery.save()
-                history.set_message_status(envelope.id, MessageRow.Status.HANDLED)
+                history.inbox_succeeded(delivery, envelope.attempt, started, timezone.now(), _jsonable(result))
             return Outcome(ACK, result=result)
         except Exception as exc:
             if raise_errors:
@@ -260,15 +234,10 @@ def _inbox(envelope: Envelope) -> bool:
 
 
 def _lock_busy(exc: BaseException) -> bool:
-    """PostgreSQL's lock_not_available (FOR UPDATE NOWAIT), or a racing copy's inbox row inserted first."""
-    if isinstance(exc, IntegrityError):
-        diag = getattr(exc.__cause__, "diag", None)
-        return getattr(diag, "constraint_name", None) == "delivery_once_per_handler"
+    """The inbox lock is held by another copy: InboxBusy, or lock_not_available from FOR UPDATE NOWAIT."""
+    if isinstance(exc, history.InboxBusy):
+        return True
     return isinstance(exc, OperationalError) and getattr(exc.__cause__, "sqlstate", None) == "55P03"
-
-
-def _NOWAIT() -> bool:
-    return connection.features.has_select_for_update_nowait
 
 
 def _jsonable(value: Any) -> Any:

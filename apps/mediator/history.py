@@ -2,6 +2,8 @@
 
 import datetime as dt
 import functools
+import hashlib
+import json
 
 import msgspec
 from django.db import connection
@@ -102,6 +104,117 @@ def ensure_received(envelope: Envelope, payload, *, status: str = Message.Status
             for f in Message._meta.concrete_fields
         },
     )
+
+
+class InboxBusy(Exception):
+    """Another copy of this delivery is being handled right now (it holds the inbox lock)."""
+
+
+def inbox_claim(message_id: str, handler: str, context: str, started: dt.datetime) -> Delivery:
+    """In the handler's transaction: lock this (message, handler) or raise InboxBusy; return its record.
+
+    A new record has the status `running`. The lock is held until
+    the transaction ends, so a second copy (a timed-out stray's retry, a redelivery racing
+    the original) fails fast instead of waiting. On PostgreSQL it is an advisory lock, taken
+    with the read of the record in one round trip, and a new record is only written, with
+    its outcome, when the handler is done (`inbox_succeeded`); elsewhere the row is locked
+    with SELECT ... FOR UPDATE NOWAIT (inserted first when new).
+    """
+    if connection.vendor == "postgresql":
+        return _pg_claim(message_id, handler, context, started)
+    delivery = (
+        Delivery.objects.select_for_update(nowait=connection.features.has_select_for_update_nowait)
+        .filter(message_id=message_id, handler=handler)
+        .first()
+    )
+    if delivery is None:
+        delivery = Delivery(message_id=message_id, handler=handler, context=context, first_started_at=started)
+        delivery.save(force_insert=True)
+    return delivery
+
+
+def inbox_succeeded(delivery: Delivery, attempt: int, started: dt.datetime, finished: dt.datetime, result) -> None:
+    """In the handler's transaction: record the success and mark the message handled."""
+    entry = log_entry(attempt, started, finished, "succeeded")
+    duration_ms = (finished - started).total_seconds() * 1000
+    if connection.vendor == "postgresql":
+        _pg_succeeded(delivery, attempt, started, finished, duration_ms, result, entry)
+        return
+    delivery.status = Delivery.Status.SUCCEEDED
+    delivery.attempts = max(delivery.attempts + 1, attempt)
+    delivery.started_at, delivery.finished_at, delivery.duration_ms = started, finished, duration_ms
+    delivery.error = ""
+    delivery.result = result
+    delivery.attempt_log = [*delivery.attempt_log, entry]
+    delivery.save()
+    set_message_status(delivery.message_id, Message.Status.HANDLED)
+
+
+def _lock_key(message_id: str, handler: str) -> int:
+    digest = hashlib.blake2b(f"{message_id}\x00{handler}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _pg_claim(message_id: str, handler: str, context: str, started: dt.datetime) -> Delivery:
+    table = connection.ops.quote_name(Delivery._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_try_advisory_xact_lock(%s), d.id, d.status, d.attempts, d.result, d.attempt_log, "  # noqa: S608
+            f"d.first_started_at, d.context FROM (SELECT 1) AS one LEFT JOIN {table} AS d "
+            "ON d.message_id = %s AND d.handler = %s",
+            [_lock_key(message_id, handler), message_id, handler],
+        )
+        locked, pk, status, attempts, result, attempt_log, first_started_at, stored_context = cursor.fetchone()
+    if not locked:
+        raise InboxBusy(f"{handler} is handling {message_id} elsewhere")
+    if pk is None:
+        return Delivery(message_id=message_id, handler=handler, context=context, first_started_at=started)
+    delivery = Delivery(
+        id=pk,
+        message_id=message_id,
+        handler=handler,
+        context=stored_context,
+        status=status,
+        attempts=attempts,
+        result=json.loads(result) if isinstance(result, str) else result,
+        attempt_log=json.loads(attempt_log) if isinstance(attempt_log, str) else attempt_log,
+        first_started_at=first_started_at,
+    )
+    return delivery
+
+
+def _pg_succeeded(delivery, attempt, started, finished, duration_ms, result, entry) -> None:
+    """One statement: upsert the delivery (appending to its attempt log) and mark the message handled."""
+    quote = connection.ops.quote_name
+    deliveries, messages = quote(Delivery._meta.db_table), quote(Message._meta.db_table)
+    as_json = Delivery._meta.get_field("result").get_db_prep_save
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH upsert AS (INSERT INTO {deliveries} AS d (message_id, handler, context, status, attempts, "  # noqa: S608
+            "first_started_at, started_at, finished_at, duration_ms, error, traceback, result, attempt_log) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, '', '', %s, %s) "
+            "ON CONFLICT (message_id, handler) DO UPDATE SET status = EXCLUDED.status, "
+            "attempts = GREATEST(d.attempts + 1, %s), started_at = EXCLUDED.started_at, "
+            "finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms, error = '', "
+            "result = EXCLUDED.result, attempt_log = d.attempt_log || EXCLUDED.attempt_log) "
+            f"UPDATE {messages} SET status = %s WHERE id = %s",
+            [
+                delivery.message_id,
+                delivery.handler,
+                delivery.context,
+                Delivery.Status.SUCCEEDED.value,
+                max(1, attempt),
+                delivery.first_started_at or started,
+                started,
+                finished,
+                duration_ms,
+                as_json(result, connection),
+                as_json([entry], connection),
+                attempt,
+                Message.Status.HANDLED.value,
+                delivery.message_id,
+            ],
+        )
 
 
 def set_message_status(message_id: str, status: str) -> None:

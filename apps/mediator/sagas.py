@@ -34,6 +34,7 @@ from django.utils import timezone
 from apps.mediator.context import current_envelope
 from apps.mediator.errors import Conflict
 from apps.mediator.messages import Command, Event
+from apps.mediator.models import Message as MessageRow
 from apps.mediator.models import SagaState
 from apps.mediator.runtime import mediator
 
@@ -132,6 +133,7 @@ class Saga:
         if cls.steps[state.current_step].pivot:
             raise Conflict(f"too late to cancel: step {cls.steps[state.current_step].name!r} is under way")
         cls._log(state, state.current_step, "cancelled", detail=reason)
+        cls._stop_timer(state)
         cls._give_up(state, reason, status=Status.CANCELLED)
         state.save()
         return state
@@ -141,8 +143,17 @@ class Saga:
         step = cls.steps[index]
         state.current_step = index
         handle = mediator.send(step.send(state.data))
-        mediator.send(cls.Timeout(saga_id=state.pk, step=index), countdown=step.timeout_seconds())
-        cls._log(state, index, "started", message_id=handle.message_id)
+        timer = mediator.send(cls.Timeout(saga_id=state.pk, step=index), countdown=step.timeout_seconds())
+        cls._log(state, index, "started", message_id=handle.message_id, detail=f"timeout {timer.message_id}")
+        state.data = {**state.data, "_timer": timer.message_id}
+
+    @staticmethod
+    def _stop_timer(state: SagaState) -> None:
+        """The step settled: drop its timeout while it still sits unpublished in the outbox
+        (one message fewer to publish and handle); a published one will find nothing to do."""
+        timer = state.data.get("_timer")
+        if timer:
+            MessageRow.objects.filter(pk=timer, status=MessageRow.Status.PENDING).delete()
 
     @classmethod
     def _on_reply(cls, event: Event, ctx) -> None:
@@ -155,6 +166,7 @@ class Saga:
         step = cls.steps[index]
         completed = type(event) in step.completes_on
         if state.status == Status.RUNNING and index == state.current_step:
+            cls._stop_timer(state)
             if completed:
                 cls._log(state, index, "completed", message_id=ctx.message_id)
                 if step.on_reply:

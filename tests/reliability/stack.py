@@ -145,6 +145,8 @@ class Postgres:
         self.dir.mkdir(parents=True)
         if self._user:
             shutil.chown(self.dir, self._user, self._user)
+            parent = self.dir.parent  # mkdtemp makes it 0700: let the postgres user through
+            parent.chmod(parent.stat().st_mode | 0o011)
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8")
         self.start()
         self.execute("CREATE DATABASE catga", database="postgres")
@@ -255,6 +257,8 @@ class NatsCluster:
         async def read(js):
             info = await js.stream_info("CATGA_DLQ")
             reasons = []
+            if not info.state.messages:
+                return 0, reasons
             for seq in range(info.state.first_seq, min(info.state.last_seq, info.state.first_seq + limit - 1) + 1):
                 msg = await js.get_msg("CATGA_DLQ", seq)
                 headers = msg.headers or {}

@@ -1,0 +1,147 @@
+"""The faults, injected on a schedule while the orders flow, each followed by the repair.
+
+Each kind takes a part of the stack away and brings it back, then waits (bounded)
+until the stack is whole again before the next fault is due:
+
+consumer killed       SIGKILL of one run_consumer (contexts in turn), restarted
+web server killed     SIGKILL of gunicorn's whole process group, restarted on the same port
+NATS restarted        every node of the cluster stopped, then started again
+PostgreSQL restarted  an immediate shutdown (a crash: no checkpoint, recovery on start), started again
+NATS node lost        SIGKILL of a node that leads neither app stream, restarted once it was missed
+stream leader lost    SIGKILL of the node leading a stream (CMD and EVT in turn), restarted once
+                      another node took over
+"""
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tests.reliability.stack import CONTEXTS, STREAMS, wait_until
+
+KINDS = (
+    "consumer killed",
+    "NATS node lost",
+    "web server killed",
+    "PostgreSQL restarted",
+    "stream leader lost",
+    "NATS restarted",
+)
+# Seconds each part stays away before it is brought back.
+DOWN = {
+    "consumer killed": 2.0,
+    "NATS node lost": 6.0,
+    "web server killed": 2.0,
+    "PostgreSQL restarted": 3.0,
+    "stream leader lost": 6.0,
+    "NATS restarted": 5.0,
+}
+
+
+@dataclass
+class Fault:
+    kind: str
+    at: float  # seconds into the load
+    detail: str
+    recovered_after: float | None  # seconds until the stack was whole again (None: it was not)
+
+
+class Faults(threading.Thread):
+    """Injects `count` faults, spread evenly over `duration` seconds, every kind in turn."""
+
+    def __init__(self, stack, *, duration: float, count: int, recover_timeout: float = 120):
+        super().__init__(daemon=True, name="faults")
+        count = max(count, len(KINDS))
+        self.stack = stack
+        self.schedule = [(duration * (i + 1) / (count + 1), KINDS[i % len(KINDS)]) for i in range(count)]
+        self.recover_timeout = recover_timeout
+        self.injected: list[Fault] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self._turn = {"consumer killed": 0, "stream leader lost": 0}
+
+    def run(self) -> None:
+        started = time.monotonic()
+        for at, kind in self.schedule:
+            if self.stop.wait(max(0.0, started + at - time.monotonic())):
+                return
+            began = time.monotonic()
+            detail, recovered = "", None
+            try:
+                detail = self.inject(kind)
+                wait_until(self.stack.whole, timeout=self.recover_timeout, what=f"the stack to recover from {kind}")
+                recovered = time.monotonic() - began
+            except Exception as exc:  # recorded; the run reports it and the invariants still get checked
+                self.errors.append(f"{kind} at {began - started:.0f}s: {exc}")
+            self.injected.append(Fault(kind, began - started, detail, recovered))
+
+    def _away(self, kind: str) -> None:
+        self.stop.wait(DOWN[kind])
+
+    def inject(self, kind: str) -> str:
+        action: Callable[[], str] = {
+            "consumer killed": self._consumer,
+            "web server killed": self._web,
+            "NATS restarted": self._nats_restart,
+            "PostgreSQL restarted": self._postgres,
+            "NATS node lost": self._node,
+            "stream leader lost": self._leader,
+        }[kind]
+        return action()
+
+    def _consumer(self) -> str:
+        django = self.stack.django
+        context = CONTEXTS[self._turn["consumer killed"] % len(CONTEXTS)]
+        self._turn["consumer killed"] += 1
+        django.consumers[context].kill()
+        self._away("consumer killed")
+        django.start_consumer(context)
+        return f"{context} consumer"
+
+    def _web(self) -> str:
+        self.stack.django.web.kill()
+        self._away("web server killed")
+        self.stack.django.start_web()
+        return "gunicorn master and workers"
+
+    def _nats_restart(self) -> str:
+        nats = self.stack.nats
+        nats.stop()
+        self._away("NATS restarted")
+        nats.start()
+        nats.wait_healthy(timeout=self.recover_timeout)
+        return f"all {len(nats.names)} nodes"
+
+    def _postgres(self) -> str:
+        self.stack.postgres.stop("immediate")
+        self._away("PostgreSQL restarted")
+        self.stack.postgres.start()
+        return "immediate shutdown"
+
+    def _node(self) -> str:
+        nats = self.stack.nats
+        leaders = {nats.leader(stream) for stream in STREAMS}
+        victim = next((n for n in nats.names if n not in leaders), nats.names[-1])
+        nats.kill(victim)
+        self._away("NATS node lost")
+        nats.start(victim)
+        nats.wait_healthy(victim, timeout=self.recover_timeout)
+        return f"{victim} (leaders: {', '.join(sorted(n for n in leaders if n))})"
+
+    def _leader(self) -> str:
+        nats = self.stack.nats
+        stream = STREAMS[self._turn["stream leader lost"] % len(STREAMS)]
+        self._turn["stream leader lost"] += 1
+        leader = nats.leader(stream)
+        killed = time.monotonic()
+        nats.kill(leader)
+        successor = wait_until(
+            lambda: (new := nats.leader(stream)) not in (None, "", leader) and new,
+            timeout=60,
+            what=f"a new {stream} leader after {leader}",
+        )
+        elected = time.monotonic() - killed
+        self._away("stream leader lost")
+        nats.start(leader)
+        nats.wait_healthy(leader, timeout=self.recover_timeout)
+        return f"{stream} leader {leader}; {successor} elected in {elected:.1f}s"
