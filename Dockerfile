@@ -17,7 +17,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # Only the runtime set: test and lint tools (requirements/dev.txt) stay out.
-COPY requirements/base.txt /tmp/requirements/base.txt
+COPY requirements/base.txt requirements/observability.txt /tmp/requirements/
 RUN pip install --no-cache-dir -r /tmp/requirements/base.txt
 
 # --- runtime: the venv, the code, collected static files, a fixed non-root UID

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -77,6 +78,8 @@ class Bench:
         self.extra: dict = {}
         self.notes: list[str] = []
         self.skipped: dict[str, str] = {}
+        self.failed: list[str] = []
+        self.all_procs: list[infra.Processes] = []
         self.logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
         self.db = infra.Database(infra.bench_database_url(os.environ))
         self.nats = infra.NatsServer()
@@ -112,7 +115,13 @@ class Bench:
         return env
 
     def procs(self) -> infra.Processes:
-        return infra.Processes(self.base_env(), self.logs)
+        procs = infra.Processes(self.base_env(), self.logs)
+        self.all_procs.append(procs)
+        return procs
+
+    def stop_everything(self) -> None:
+        for procs in self.all_procs:
+            procs.stop_all(timeout=15)
 
     def setup(self) -> None:
         self.db.ensure_exists()
@@ -166,11 +175,13 @@ class Bench:
         if preload:
             sent = p.run([*send, "--warm"], timeout=300, **env)
             workers = [p.consumer("bench", **env) for _ in range(consumers)]
-            samples = self._watch(watcher, total, timeout=120)
+            samples = self._watch(watcher, total, timeout=60)
             rate = infra.windowed_rate(samples, total)
         else:
             box = {}
-            thread = threading.Thread(target=lambda: box.update(s=self._watch(watcher, total, timeout=180)))
+            thread = threading.Thread(
+                target=lambda: box.update(s=self._watch(watcher, total, timeout=75)), daemon=True
+            )
             thread.start()
             sent = p.run([*send, "--warm"], timeout=300, **env)
             thread.join()
@@ -279,7 +290,7 @@ class Bench:
             since = load["start"] + warmup
             # Orders confirmed in the measured window, counted once the load stopped and its
             # backlog drained (up to 60 s), so the last seconds count as fully as the first.
-            self._drain_orders(p, timeout=60)
+            self._drain_orders(p, timeout=45)
             counted = p.run(
                 [PY, "-m", "bench.drive", "confirmed-between", "--since", str(since), "--until", str(load["end"])]
             )
@@ -292,7 +303,7 @@ class Bench:
             self._load(
                 p, base, shop["token"], seconds=self.size("latency_seconds"), clients=8, rate=rate, out=accepted_file
             )
-            self._drain_orders(p, timeout=60)
+            self._drain_orders(p, timeout=45)
             latency = p.run([PY, "-m", "bench.drive", "order-latency", "--accepted", str(accepted_file)])
             self.results["order_latency_p50_ms"] = latency["p50"]
             self.results["order_latency_p99_ms"] = latency["p99"]
@@ -449,16 +460,24 @@ def main() -> int:
         for name in chosen:
             t0 = time.time()
             bench.log(f"{name} ...")
-            getattr(bench, name)()
+            try:
+                getattr(bench, name)()
+            except Exception as exc:  # one broken scenario must not hide the others' numbers
+                traceback.print_exc()
+                bench.failed.append(name)
+                bench.notes.append(f"scenario {name} failed: {exc!r} (logs in {bench.logs})")
+            finally:
+                bench.stop_everything()
             bench.log(f"{name} done in {time.time() - t0:.0f}s")
     finally:
+        bench.stop_everything()
         bench.nats.stop()
     document = bench.report(started)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_finite(document), indent=2, allow_nan=False) + "\n")
     bench.log(f"wrote {out} in {time.time() - started:.0f}s")
-    return 0
+    return 1 if bench.failed else 0
 
 
 if __name__ == "__main__":

@@ -3,15 +3,15 @@
 - The list stays fast at millions of rows: filters take their choices from code
   (admin_filters), search matches ids exactly on indexed columns, the payload is
   never loaded, and the paginator counts at most a few thousand rows.
-- A message's page shows its payload, headers, cause, consequences and every
-  delivery with its attempt log, error and traceback.
+- A message's page shows its payload, headers, cause, consequences, replay history
+  and every delivery with its attempt log, error and traceback.
 - `conversation/<id>/` shows everything sharing a correlation id as a causation tree
   with a timeline; `dashboard/` shows throughput, handling times and backlogs.
+- Dead letters (admin_dead_letters) and sagas (admin_sagas) have pages of their own.
 - Other apps contribute search resolvers and dashboard panels through admin_console.
 """
 
 import datetime as dt
-import json
 
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
@@ -22,79 +22,30 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from apps.mediator import admin_console, admin_conversation
+from apps.mediator import admin_conversation, admin_dead_letters, admin_sagas
+from apps.mediator.admin_common import (
+    ReadOnlyAdmin,
+    conversation_url,
+    format_ms,
+    message_link,
+    normalise_id,
+    precise,
+    pretty_json,
+    search_messages,
+    two_lines,
+)
 from apps.mediator.admin_filters import ContextFilter, KindFilter, TypeFilter
-from apps.mediator.admin_paginator import CappedCountPaginator, horizon_for
 from apps.mediator.admin_style import coloured
 from apps.mediator.dashboard import views as dashboard_views
-from apps.mediator.ids import _ALPHABET
 from apps.mediator.models import Delivery, Message
 
-# The admin index gains a "Message operations" box (dashboard, history, dead letters);
-# a project that set its own index template keeps it.
+# The admin index gains a "Message operations" box (dashboard, history, dead letters,
+# sagas); a project that set its own index template keeps it.
 if admin.site.index_template is None:
     admin.site.index_template = "admin/mediator/index.html"
 
 HEAVY_MESSAGE_FIELDS = ("payload", "headers", "last_error")
 MAX_CONSEQUENCES = 50
-
-
-def normalise_id(term: str) -> str:
-    """Ids are upper-case ULIDs; a pasted lower-case one still matches exactly."""
-    term = term.strip()
-    upper = term.upper()
-    if len(upper) == 26 and all(c in _ALPHABET for c in upper):
-        return upper
-    return term
-
-
-def conversation_url(correlation_id: str) -> str:
-    return reverse("admin:mediator_message_conversation", args=[correlation_id])
-
-
-def message_link(message: Message) -> str:
-    url = reverse("admin:mediator_message_change", args=[message.pk])
-    return format_html('<a href="{}">{}</a> {} {}', url, message.type, message.pk, coloured(message.status))
-
-
-def pretty_json(value) -> str:
-    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
-    return format_html('<pre class="catga-json">{}</pre>', text)
-
-
-def precise(instant: dt.datetime | None, digits: int = 6) -> str:
-    """A timestamp to the microsecond in UTC: ordering messages needs more than the admin's minutes."""
-    if instant is None:
-        return ""
-    text = f"{instant.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S.%f}"
-    return text[: len(text) - 6 + digits]
-
-
-def format_ms(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if value >= 1000:
-        return f"{value / 1000:.2f} s"
-    return f"{value:.1f} ms"
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    show_facets = admin.ShowFacets.NEVER  # facet counts are a COUNT per filter choice
-    show_full_result_count = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def get_paginator(self, request, queryset, per_page, orphans=0, allow_empty_first_page=True):
-        page = request.GET.get("p", "1")
-        horizon = horizon_for(int(page) if page.isdigit() else 1, per_page)
-        return CappedCountPaginator(queryset, per_page, orphans, allow_empty_first_page, horizon=horizon)
 
 
 class MessageChangeList(ChangeList):
@@ -126,6 +77,7 @@ class MessageAdmin(ReadOnlyAdmin):
         (None, {"fields": ["id", "type", "kind", "context", "status_badge", "qos"]}),
         ("Conversation", {"fields": ["conversation_link", "cause", "consequences"]}),
         ("Outbox", {"fields": ["created_precise", "available", "published", "publish_attempts", "last_error"]}),
+        ("Replays", {"fields": ["replay_history"]}),
         ("Content", {"fields": ["payload_pretty", "headers_pretty"]}),
     ]
     readonly_fields = [
@@ -138,6 +90,7 @@ class MessageAdmin(ReadOnlyAdmin):
         "consequences",
         "payload_pretty",
         "headers_pretty",
+        "replay_history",
     ]
 
     # -- list --------------------------------------------------------------------
@@ -146,13 +99,7 @@ class MessageAdmin(ReadOnlyAdmin):
         return MessageChangeList
 
     def get_search_results(self, request, queryset, search_term):
-        """Exact matches on indexed columns only (the admin's `=` lookups are iexact, which no index serves)."""
-        term = normalise_id(search_term)
-        if not term:
-            return queryset, False
-        ids = [term, *admin_console.correlation_ids_for(term)]
-        matches = queryset.filter(Q(pk=term) | Q(correlation_id__in=ids) | Q(causation_id=term))
-        return matches, False
+        return search_messages(queryset, search_term), False
 
     @admin.display(description="message (type, id)", ordering="id")
     def message(self, obj):
@@ -175,8 +122,7 @@ class MessageAdmin(ReadOnlyAdmin):
 
     @admin.display(description="created (UTC)", ordering="created_at")
     def created(self, obj):
-        day, time = precise(obj.created_at, digits=3).split(" ")
-        return format_html('{}<br><small class="catga-muted">{}</small>', time, day)
+        return two_lines(obj.created_at)
 
     @admin.display(description="timeline")
     def conversation(self, obj):
@@ -224,6 +170,22 @@ class MessageAdmin(ReadOnlyAdmin):
         items = format_html_join("", "<li>{}</li>", ((message_link(m),) for m in effects))
         return format_html('<ul class="catga-links">{}{}</ul>', items, more)
 
+    @admin.display(description="replay history")
+    def replay_history(self, obj):
+        replays = (obj.headers or {}).get("replays") or []
+        if not replays:
+            return "never replayed"
+        rows = format_html_join(
+            "",
+            '<tr><td class="catga-num">#{}</td><td>{}</td><td>{}</td><td><code>{}.replay.{}</code></td></tr>',
+            ((n, _instant(r.get("at")), r.get("by", "?"), obj.pk, n) for n, r in enumerate(replays, start=1)),
+        )
+        return format_html(
+            '<table class="catga-replays" id="catga-replays"><thead><tr><th>replay</th><th>when (UTC)</th>'
+            "<th>by</th><th>JetStream de-duplication id</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
     @admin.display(description="payload")
     def payload_pretty(self, obj):
         return pretty_json(obj.payload)
@@ -236,7 +198,12 @@ class MessageAdmin(ReadOnlyAdmin):
         deliveries = [
             DeliveryView(d) for d in Delivery.objects.filter(message_id=object_id).order_by("first_started_at", "id")
         ]
-        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "deliveries": deliveries})
+        context = {
+            **(extra_context or {}),
+            "deliveries": deliveries,
+            "can_replay": admin_dead_letters.may_replay(request),
+        }
+        return super().change_view(request, object_id, form_url, context)
 
     # -- conversation and dashboard -----------------------------------------------
 
@@ -262,6 +229,7 @@ class MessageAdmin(ReadOnlyAdmin):
             "key": key,
             "title": f"Conversation {correlation_id}" if correlation_id else "Find a conversation",
             "conversation": admin_conversation.load(correlation_id) if correlation_id else None,
+            "sagas": admin_sagas.of_conversation(request, correlation_id) if correlation_id else [],
             "max_messages": admin_conversation.MAX_MESSAGES,
         }
         return TemplateResponse(request, "admin/mediator/message/conversation.html", context)
@@ -284,6 +252,14 @@ class DeliveryView:
 
     def __getattr__(self, name):
         return getattr(self.delivery, name)
+
+
+def _instant(value: str | None) -> str:
+    """An ISO timestamp (a replay's) as a UTC date and time to the millisecond."""
+    try:
+        return precise(dt.datetime.fromisoformat(value), digits=3) if value else "—"
+    except ValueError:
+        return value
 
 
 def _clock(value: str | None) -> str:

@@ -34,6 +34,9 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        # Replaying a dead letter re-runs handlers: a permission of its own, apart from
+        # viewing the (read-only) history.
+        permissions = [("replay_message", "Can replay dead letters")]
         indexes = [
             models.Index(fields=["status", "id"], name="msg_status_id"),
             models.Index(fields=["type", "id"], name="msg_type_id"),
@@ -52,6 +55,15 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.id}"
+
+
+class DeadLetter(Message):
+    """The admin's view of dead messages (status "dead"): the same rows, no table of its own."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dead letter"
+        default_permissions = ()  # viewing is view_message, replaying is replay_message
 
 
 class Delivery(models.Model):
@@ -109,8 +121,13 @@ class SagaState(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        verbose_name = "saga"
         constraints = [models.UniqueConstraint(fields=["name", "correlation_id"], name="one_saga_per_conversation")]
-        indexes = [models.Index(fields=["status", "updated_at"], name="saga_status_updated")]
+        indexes = [
+            models.Index(fields=["status", "updated_at"], name="saga_status_updated"),
+            # The admin finds a conversation's sagas by correlation id alone (search, links).
+            models.Index(fields=["correlation_id"], name="saga_correlation"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} {self.correlation_id} {self.status}"

@@ -4,6 +4,7 @@ from django.urls import reverse, reverse_lazy
 from django.utils.html import format_html
 
 from apps.mediator import admin_console
+from apps.mediator.models import SagaState
 from apps.orders.models import Order, OrderLine
 
 
@@ -26,13 +27,33 @@ class OrderAdmin(admin.ModelAdmin):
     list_display = ["id", "customer_id", "status", "reason", "total", "created_at", "story"]
     list_filter = ["status", "reason"]
     search_fields = ["=id", "customer_id"]
-    readonly_fields = ["id", "customer_id", "status", "reason", "total", "correlation_id", "history", "created_at"]
+    readonly_fields = [
+        "id",
+        "customer_id",
+        "status",
+        "reason",
+        "total",
+        "correlation_id",
+        "history",
+        "saga",
+        "created_at",
+    ]
     exclude = ["payment_token"]
     inlines = [OrderLineInline]
 
     @admin.display(description="message history")
     def history(self, obj):
         return conversation_link(obj, "what happened to this order: every message, as a timeline")
+
+    @admin.display(description="saga")
+    def saga(self, obj):
+        if not obj.correlation_id:
+            return "—"
+        state = SagaState.objects.filter(correlation_id=obj.correlation_id).only("id", "name", "status").first()
+        if state is None:
+            return "—"
+        url = reverse("admin:mediator_sagastate_change", args=[state.pk])
+        return format_html('<a href="{}">{} ({}): its steps as a timeline</a>', url, state.name, state.status)
 
     @admin.display(description="conversation")
     def story(self, obj):

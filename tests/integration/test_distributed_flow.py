@@ -198,3 +198,29 @@ def test_stock_and_money_add_up(api, catalogue, workers):
     captured = Payment.objects.filter(status="captured")
     assert sorted(captured.values_list("order_id", flat=True)) == sorted(o.id for o in confirmed)
     assert sum((p.amount for p in captured), Decimal("0")) == Decimal("1.25") * len(confirmed)
+
+
+def test_a_process_with_fewer_contexts_never_narrows_the_shared_streams(nats_settings):
+    import asyncio
+
+    from apps.mediator.transports.nats import topology
+
+    async def provision(contexts):
+        import nats as nats_client
+
+        nc = await nats_client.connect(nats_settings.CATGA["NATS_URL"])
+        try:
+            js = nc.jetstream()
+            await topology.ensure_streams(js, contexts)
+            return (await js.stream_info("CATGA_CMD")).config.subjects
+        finally:
+            await nc.close()
+
+    assert sorted(asyncio.run(provision(["orders", "inventory", "payments", "shipping"]))) == [
+        "catga.inventory.cmd.>",
+        "catga.orders.cmd.>",
+        "catga.payments.cmd.>",
+        "catga.shipping.cmd.>",
+    ]
+    # An older process that does not know "shipping" yet leaves its subjects alone.
+    assert "catga.shipping.cmd.>" in asyncio.run(provision(["orders", "inventory", "payments"]))

@@ -49,12 +49,35 @@ def test_multi_stage_from_a_slim_python_with_pinned_requirements():
     assert all(re.fullmatch(r"python:3\.11-slim-\w+ AS \w+", args) for args in froms), froms
     runs = " ".join(args for keyword, args in instructions() if keyword == "RUN")
     assert "pip install --no-cache-dir -r /tmp/requirements/base.txt" in runs
-    pins = [
-        line
-        for line in (REPO / "requirements" / "base.txt").read_text().splitlines()
-        if line and not line.startswith("#")
-    ]
-    assert all("==" in pin for pin in pins), "the image installs exactly the pinned runtime set"
+    pins = runtime_requirements(REPO / "requirements" / "base.txt")
+    assert pins and all("==" in pin for pin in pins), "the image installs exactly the pinned runtime set"
+    copied = " ".join(args for keyword, args in instructions() if keyword == "COPY")
+    for included in included_files(REPO / "requirements" / "base.txt"):
+        assert f"requirements/{included.name}" in copied, f"{included.name} is not copied into the image"
+
+
+def included_files(path: Path) -> list[Path]:
+    """The files a requirements file pulls in with `-r`, recursively."""
+    found = []
+    for line in path.read_text().splitlines():
+        if line.startswith("-r "):
+            child = path.parent / line.split(maxsplit=1)[1]
+            found += [child, *included_files(child)]
+    return found
+
+
+def runtime_requirements(path: Path) -> list[str]:
+    """Every requirement line, following `-r` includes."""
+    lines = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("-r "):
+            lines += runtime_requirements(path.parent / line.split(maxsplit=1)[1])
+        else:
+            lines.append(line)
+    return lines
 
 
 def test_the_image_runs_as_the_uid_the_pods_declare(committed):

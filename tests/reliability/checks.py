@@ -75,7 +75,8 @@ def quiet(stack) -> bool:
     sql = stack.postgres.execute
     pending = sql("SELECT count(*) FROM orders_order WHERE status = 'pending'")[0][0]
     outbox = sql(
-        "SELECT count(*) FROM mediator_message WHERE status = 'pending' AND (available_at IS NULL OR available_at <= now())"
+        "SELECT count(*) FROM mediator_message "
+        "WHERE status = 'pending' AND (available_at IS NULL OR available_at <= now())"
     )[0][0]
     retrying = sql("SELECT count(*) FROM mediator_delivery WHERE status IN ('running', 'retrying')")[0][0]
     held = sql(

@@ -44,16 +44,21 @@ class Fault:
     at: float  # seconds into the load
     detail: str
     recovered_after: float | None  # seconds until the stack was whole again (None: it was not)
+    in_flight: int | None  # orders pending when it struck
 
 
 class Faults(threading.Thread):
-    """Injects `count` faults, spread evenly over `duration` seconds, every kind in turn."""
+    """Injects `count` faults, every kind in turn, spread over the first 85% of `duration`.
+
+    A fault is due at its time or when the one before it is repaired, whichever is later,
+    so that each lands while the orders still flow.
+    """
 
     def __init__(self, stack, *, duration: float, count: int, recover_timeout: float = 120):
         super().__init__(daemon=True, name="faults")
         count = max(count, len(KINDS))
         self.stack = stack
-        self.schedule = [(duration * (i + 1) / (count + 1), KINDS[i % len(KINDS)]) for i in range(count)]
+        self.schedule = [(duration * (0.08 + 0.77 * i / count), KINDS[i % len(KINDS)]) for i in range(count)]
         self.recover_timeout = recover_timeout
         self.injected: list[Fault] = []
         self.errors: list[str] = []
@@ -65,6 +70,7 @@ class Faults(threading.Thread):
         for at, kind in self.schedule:
             if self.stop.wait(max(0.0, started + at - time.monotonic())):
                 return
+            in_flight = self.stack.in_flight()
             began = time.monotonic()
             detail, recovered = "", None
             try:
@@ -73,7 +79,7 @@ class Faults(threading.Thread):
                 recovered = time.monotonic() - began
             except Exception as exc:  # recorded; the run reports it and the invariants still get checked
                 self.errors.append(f"{kind} at {began - started:.0f}s: {exc}")
-            self.injected.append(Fault(kind, began - started, detail, recovered))
+            self.injected.append(Fault(kind, began - started, detail, recovered, in_flight))
 
     def _away(self, kind: str) -> None:
         self.stop.wait(DOWN[kind])

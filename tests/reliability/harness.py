@@ -80,6 +80,13 @@ class Stack:
             and self.django.all_up()
         )
 
+    def in_flight(self) -> int | None:
+        """Orders still pending (None when the database does not answer)."""
+        try:
+            return self.postgres.execute("SELECT count(*) FROM orders_order WHERE status = 'pending'")[0][0]
+        except Exception:
+            return None
+
     def stop(self) -> None:
         for child in self.django.children():
             child.stop(timeout=30)
@@ -121,8 +128,8 @@ def run(config: Config, say=print) -> checks.Report:
         report.timings["load"] = time.monotonic() - load_started
         report.faults = Counter(f.kind for f in faults.injected)
         report.fault_log = [
-            f"{f.at:6.1f}s  {f.kind}: {f.detail}"
-            + (f" (whole again after {f.recovered_after:.1f}s)" if f.recovered_after is not None else " (NOT recovered)")
+            f"{f.at:6.1f}s  {f.kind}: {f.detail}; {f.in_flight} orders in flight, "
+            + (f"whole again after {f.recovered_after:.1f}s" if f.recovered_after is not None else "NOT recovered")
             for f in faults.injected
         ]
         report.problems += [f"fault not recovered: {e}" for e in faults.errors]

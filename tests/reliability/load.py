@@ -30,14 +30,16 @@ EXPECTED = {
     "out of stock": {("cancelled", "out_of_stock")},
     "declined": {("cancelled", "payment_declined")},
 }
-# Relative weights of the requests: the five kinds of order, then the two kinds of re-send.
+# Relative weights of the requests: the five kinds of order, then the two kinds of re-send
+# (of an order accepted earlier: the same key and body, or the same key and another body).
 MIX = {"in stock": 48, "flaky": 12, "limited": 12, "out of stock": 7, "declined": 11, "duplicate": 7, "conflict": 3}
+ORDER_WEIGHTS = {kind: weight for kind, weight in MIX.items() if kind in EXPECTED}
 RETRYABLE = {500, 502, 503, 504}
 
 
 def catalogue(orders: int) -> dict[str, int]:
     """Initial stock per SKU: LIMITED is enough for about half of its orders."""
-    limited = max(5, int(orders * MIX["limited"] / sum(MIX.values()) * 2 * 0.5))
+    limited = max(5, round(orders * MIX["limited"] / sum(ORDER_WEIGHTS.values()) * 1.5 / 2))
     return {**dict.fromkeys(PLENTY, 10_000_000), LIMITED: limited, RARE: RARE_STOCK}
 
 
@@ -76,10 +78,11 @@ class Customers:
         self._next = 0
         self.stop = threading.Event()
         self.request_deadline = 90.0
-        kinds, weights = zip(*MIX.items(), strict=True)
-        # The schedule: `orders` new orders, re-sends mixed in at the mix's rate.
-        total = round(orders * sum(weights) / sum(w for k, w in MIX.items() if k in EXPECTED))
-        self.plan = self.rng.choices(kinds, weights, k=total)
+        # The schedule: exactly `orders` new orders, re-sends mixed in (after the first tenth) at the mix's rate.
+        self.plan = self.rng.choices(list(ORDER_WEIGHTS), list(ORDER_WEIGHTS.values()), k=orders)
+        for kind in ("duplicate", "conflict"):
+            for _ in range(round(orders * MIX[kind] / sum(ORDER_WEIGHTS.values()))):
+                self.plan.insert(self.rng.randint(max(1, orders // 10), len(self.plan)), kind)
         self.interval = duration / max(len(self.plan), 1)
 
     # -- running -----------------------------------------------------------------
@@ -120,10 +123,7 @@ class Customers:
         if kind in ("duplicate", "conflict"):
             with self._lock:
                 earlier = rng.choice(self.results.accepted) if self.results.accepted else None
-            if earlier is None:
-                kind = "in stock"
-            else:
-                return self._resend(kind, earlier, rng, conn)
+            return self._resend(kind, earlier, rng, conn) if earlier else conn
         user = rng.randrange(len(self.tokens))
         body = order_body(kind, rng)
         key = f"{kind.replace(' ', '-')}-{rng.getrandbits(64):016x}"
@@ -152,7 +152,8 @@ class Customers:
             elif kind == "conflict" and status == 409:
                 self.results.conflicts += 1
             elif status == 202:
-                self.results.duplicated.append(f"key {earlier.key} ({kind}) made {answer['id']} after {earlier.order_id}")
+                made = f"key {earlier.key} ({kind}) made {answer['id']} after {earlier.order_id}"
+                self.results.duplicated.append(made)
             else:
                 self.results.anomalies.append(f"{kind} of {earlier.order_id} answered {status}: {answer}")
         return conn

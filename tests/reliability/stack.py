@@ -227,7 +227,8 @@ class NatsCluster:
         async def run():
             nc = await nats.connect(servers=live, connect_timeout=2, max_reconnect_attempts=2, allow_reconnect=True)
             try:
-                return await asyncio.wait_for(factory(nc.jetstream()), timeout)
+                # A short API timeout: during an election a request goes unanswered, and the poll asks again.
+                return await asyncio.wait_for(factory(nc.jetstream(timeout=2)), timeout)
             finally:
                 await nc.close()
 
@@ -296,7 +297,8 @@ class Django:
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        gunicorn = [sys.executable, "-m", "gunicorn", "-c", "catga_site/gunicorn.conf.py", "catga_site.wsgi:application"]
+        gunicorn = [sys.executable, "-m", "gunicorn", "-c", "catga_site/gunicorn.conf.py"]
+        gunicorn.append("catga_site.wsgi:application")
         web_env = {
             **self.env,
             "GUNICORN_BIND": f"127.0.0.1:{self.web_port}",
@@ -335,6 +337,7 @@ class Django:
     def start_consumer(self, context: str) -> None:
         port = self.health_ports[context] = free_port()
         argv = [sys.executable, "manage.py", "run_consumer", "--context", context, "--health-port", str(port)]
+        argv.append("--traceback")  # a start-up failure shows where it came from
         child = self.consumers.get(context) or Child(f"consumer-{context}", argv, self.log_dir, self.env)
         child.argv = argv
         self.consumers[context] = child

@@ -155,7 +155,7 @@ def test_the_capped_paginator_counts_no_further_than_its_horizon(api, catalogue)
 
 
 def test_the_list_says_more_than_when_the_count_is_capped(api, catalogue, support_client, monkeypatch):
-    monkeypatch.setattr("apps.mediator.admin.horizon_for", lambda page, per_page: 5)
+    monkeypatch.setattr("apps.mediator.admin_common.horizon_for", lambda page, per_page: 5)
     place(api)
 
     html = support_client.get(LIST).content.decode()

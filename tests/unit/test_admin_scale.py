@@ -186,3 +186,24 @@ def test_the_dashboard_costs_a_bounded_number_of_queries_at_200k_rows(client, su
     assert sum(bar.total for bar in chart.bars) > ROWS * 0.4  # the last hour holds half of two hours of rows
     assert response.context["waiting"]["dead"].count == Message.objects.filter(status="dead").count()
     assert {t.type for t in response.context["timings"]} >= {"payments.ChargePayment", "orders.PlaceOrder"}
+
+
+@pytest.mark.parametrize("query", ["", "?context=payments", "?p=5", "?q={some_id}"])
+def test_the_dead_letters_cost_a_bounded_number_of_queries_at_200k_rows(
+    client, support, django_assert_max_num_queries, query
+):
+    dead = Message.objects.filter(status="dead").order_by("id")
+    some_id = dead.values_list("correlation_id", flat=True).first()
+    client.force_login(support)
+    url = "/admin/mediator/deadletter/" + query.format(some_id=some_id)
+
+    # session, user, permissions (2), the capped count, the page, its dead deliveries (+ the order resolver)
+    with django_assert_max_num_queries(8 if "q=" in url else 7):
+        response = client.get(url)
+
+    assert response.status_code == 200
+    shown = response.context["cl"].result_list
+    assert shown and all(m.status == "dead" and m.dead_deliveries for m in shown)
+    assert b"TransientError: timeout" in response.content  # each with its reason
+    _, sql = count_queries(client, url)
+    assert not any('"payload"' in s for s in sql), "the list never loads payloads"

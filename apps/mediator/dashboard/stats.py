@@ -144,14 +144,15 @@ def waiting(now: dt.datetime) -> dict[str, Waiting]:
 
 
 def consumer_pending() -> dict[str, int] | None:
-    """Messages waiting per durable consumer, or None ("n/a") while the transport cannot tell.
+    """Messages waiting per durable consumer, or None ("n/a") while nobody can tell.
 
-    The hook for a broker-backed transport: give the transport class a method
-    `consumer_pending() -> dict[str, int]` mapping each durable consumer's name to
-    its pending count (JetStream's ConsumerInfo.num_pending, plus num_ack_pending if
-    wanted). Answer from a cache refreshed in the transport's own thread: this runs
-    in a web request on every dashboard refresh. The in-memory transport handles
-    everything before `send` returns, so it has nothing pending and no such method.
+    A broker-backed transport has a method `consumer_pending() -> dict[str, int]`
+    mapping each durable consumer's name to its pending count (NatsTransport reads
+    JetStream's ConsumerInfo.num_pending on its own loop, within a second, and
+    answers {} when NATS is unreachable: this runs in a web request on every
+    dashboard refresh). The in-memory transport handles everything before `send`
+    returns, so it has nothing pending and no such method. No method, an error or
+    an empty answer all show as "n/a".
     """
     from apps.mediator import runtime
 
@@ -163,4 +164,4 @@ def consumer_pending() -> dict[str, int] | None:
     except Exception:
         log.exception("the transport could not report consumer pending counts")
         return None
-    return None if pending is None else dict(sorted(pending.items()))
+    return dict(sorted(pending.items())) or None

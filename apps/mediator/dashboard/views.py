@@ -43,6 +43,6 @@ def dashboard(request, model_admin):
         "changelist_url": changelist,
         "pending_url": f"{changelist}?status=pending",
         "failed_url": f"{changelist}?status=failed",
-        "dead_url": f"{changelist}?status=dead",
+        "dead_url": reverse("admin:mediator_deadletter_changelist"),
     }
     return TemplateResponse(request, "admin/mediator/dashboard.html", context)

@@ -61,11 +61,10 @@ def stamp(envelope):
     tracer = _tracer
     if tracer is None:
         return envelope
-    with tracer.start_as_current_span(
-        f"send {envelope.type}", kind=SpanKind.PRODUCER, attributes=_attributes(envelope, "send")
-    ):
-        carrier: dict[str, str] = {}
-        _propagator.inject(carrier)
+    span = tracer.start_span(f"send {envelope.type}", kind=SpanKind.PRODUCER, attributes=_attributes(envelope, "send"))
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier, context=trace.set_span_in_context(span))
+    span.end()
     return msgspec.structs.replace(
         envelope, traceparent=carrier.get("traceparent"), tracestate=carrier.get("tracestate") or None
     )
@@ -112,14 +111,6 @@ def _attributes(envelope, operation: str) -> dict:
         "catga.message.kind": envelope.kind.value,
         "catga.attempt": envelope.attempt,
     }
-
-
-def trace_id_of(traceparent: str | None) -> str | None:
-    """The trace id inside a W3C traceparent ("00-<trace id>-<span id>-<flags>")."""
-    if not traceparent:
-        return None
-    parts = traceparent.split("-")
-    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
 # -- set-up ----------------------------------------------------------------------

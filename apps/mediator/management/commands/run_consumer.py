@@ -53,6 +53,8 @@ class Command(BaseCommand):
             asyncio.run(worker.run())
         except ConnectionError as exc:
             raise CommandError(str(exc)) from exc
+        except TimeoutError as exc:  # an OSError too: NATS's own (nats.errors.TimeoutError) is one
+            raise CommandError(f"NATS did not answer while starting: {exc!r}") from exc
         except OSError as exc:  # the health port is taken
             raise CommandError(f"cannot serve the health port {health_port}: {exc}") from exc
 

@@ -33,6 +33,8 @@ from apps.mediator.transports.nats import connection, topology
 
 logger = logging.getLogger("catga.nats")
 
+CONSUMER_PENDING_TIMEOUT = 1.0  # seconds the dashboard waits for JetStream before showing "n/a"
+
 
 def subject_of(envelope: Envelope) -> str:
     context, _, name = envelope.type.partition(".")
@@ -218,6 +220,39 @@ class NatsTransport(Transport):
             except NotFoundError:
                 missing.append(name)
         return [f"stream(s) missing: {', '.join(missing)}"] if missing else []
+
+    def consumer_pending(self, timeout: float = CONSUMER_PENDING_TIMEOUT) -> dict[str, int]:
+        """Messages waiting per durable consumer (JetStream's num_pending), for the admin dashboard.
+
+        Called from a web request: answers within `timeout` whatever NATS does, and {}
+        (shown as "n/a") when NATS is unreachable or slow. The first call starts the connection.
+        """
+        # The reader behind catga_status and the lag gauges (imported here: it imports topology).
+        from apps.mediator.observability import jetstream
+
+        loop = self._ensure_loop()
+        with contextlib.suppress(RuntimeError):
+            if asyncio.get_running_loop() is loop:
+                return {}  # on the loop itself a blocking wait would never end
+        future = asyncio.run_coroutine_threadsafe(self._consumer_pending(jetstream.snapshot, timeout), loop)
+        try:
+            return future.result(timeout + 0.5)
+        except Exception as exc:  # NATS refusing, or the loop too busy to answer: the dashboard says n/a
+            future.cancel()
+            logger.info("consumer pending counts unavailable: %r", exc)
+            return {}
+
+    async def _consumer_pending(self, snapshot, timeout: float) -> dict[str, int]:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+                if self._nc is None or not self._nc.is_connected:
+                    return {}
+                wanted = topology.durables(self.registry, self.registry.contexts)
+                found = await snapshot(self._js, durables=wanted)
+        except TimeoutError:
+            return {}
+        return {consumer.name: consumer.pending for consumer in found.consumers}
 
     def close(self) -> None:
         # Let publishes handed over just before exit finish (the relay would catch up, but later).

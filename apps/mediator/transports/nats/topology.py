@@ -10,9 +10,12 @@ Both the web (publisher) and the consumers create the consumers, so an event
 published before any worker ever started is still waiting for it.
 """
 
+import asyncio
 import logging
+import random
 from dataclasses import dataclass
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -29,6 +32,7 @@ from apps.mediator.messages import Kind, subject_for
 from apps.mediator.registry import Registry
 
 logger = logging.getLogger("catga.nats")
+PROVISION_ATTEMPTS = 5
 
 
 def prefix() -> str:
@@ -112,12 +116,16 @@ def consumer_config(durable: Durable) -> ConsumerConfig:
 async def ensure_streams(js: JetStreamContext, contexts) -> None:
     for config in stream_configs(contexts):
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
         except NotFoundError:
             await js.add_stream(config)
             logger.info("created stream %s", config.name)
-        else:
-            await js.update_stream(config)
+            continue
+        # Widen, never narrow: a process that knows fewer contexts (an older release
+        # mid-rollout, a tool) must not cut another's subjects out of the shared stream.
+        subjects = sorted(set(info.config.subjects or []) | set(config.subjects))
+        config.subjects = subjects
+        await js.update_stream(config)
 
 
 async def ensure_consumers(js: JetStreamContext, registry: Registry, contexts) -> list[Durable]:
@@ -129,6 +137,19 @@ async def ensure_consumers(js: JetStreamContext, registry: Registry, contexts) -
     return wanted
 
 
-async def ensure_topology(js: JetStreamContext, registry: Registry, contexts=None) -> list[Durable]:
-    await ensure_streams(js, registry.contexts)
-    return await ensure_consumers(js, registry, contexts or registry.contexts)
+async def ensure_topology(
+    js: JetStreamContext, registry: Registry, contexts=None, *, attempts: int = PROVISION_ATTEMPTS
+) -> list[Durable]:
+    # Processes starting together on a cluster race to create the same replicated streams,
+    # and JetStream can leave the losers' requests unanswered: every step is idempotent,
+    # so a request that timed out is simply made again (the stream exists by then).
+    for attempt in range(1, attempts + 1):
+        try:
+            await ensure_streams(js, registry.contexts)
+            return await ensure_consumers(js, registry, contexts or registry.contexts)
+        except NatsTimeoutError:
+            if attempt == attempts:
+                raise
+            logger.warning("JetStream did not answer while provisioning (attempt %d/%d); again", attempt, attempts)
+            await asyncio.sleep(random.uniform(0.2, 1.0))  # noqa: S311 (jitter, not crypto)
+    raise AssertionError("unreachable")

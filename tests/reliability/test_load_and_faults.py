@@ -1,0 +1,25 @@
+"""The load-and-faults run in CI: a smaller, bounded mix, every fault kind at least once.
+
+The full run is `python -m tests.reliability.run --orders 3000 --duration 300`
+(docs/reliability.md has its figures); this one drives 300 orders over 75 s through
+its own PostgreSQL, 3-node NATS cluster, gunicorn and consumers, and fails naming
+every invariant that broke.
+"""
+
+import pytest
+
+from tests.reliability import checks
+from tests.reliability.faults import KINDS
+from tests.reliability.harness import Config, run
+
+pytestmark = pytest.mark.reliability
+
+
+@pytest.mark.timeout(420)
+def test_orders_under_faults_are_neither_lost_nor_duplicated_nor_stuck():
+    report = run(Config(orders=300, duration=75, settle=120))
+
+    print("\n" + "\n".join(report.fault_log) + "\n\n" + checks.render(report))
+    assert set(report.faults) == set(KINDS), f"every kind of fault must be injected: {report.fault_log}"
+    assert report.orders >= 290, f"only {report.orders} of 300 orders were accepted"
+    assert report.ok, "\n".join(report.violations[:40])
