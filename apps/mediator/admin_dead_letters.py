@@ -60,6 +60,12 @@ def with_reasons(queryset):
     )
 
 
+def short_handler(name: str) -> str:
+    """ "payments:apps.payments.handlers.charge_payment" -> "payments: charge_payment"."""
+    context, _, path = name.rpartition(":")
+    return f"{context}: {path.rpartition('.')[2]}" if context else name
+
+
 def refused(message) -> bool:
     """Replay refuses what arrived undecodable (or for no handler): there is nothing valid to deliver."""
     return any(d.handler == replay.UNDECODABLE for d in message.dead_deliveries)
@@ -76,7 +82,7 @@ class DeadLetterChangeList(ChangeList):
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(ReadOnlyAdmin):
-    list_display = ["message", "context", "reason", "attempts", "died", "replays", "conversation"]
+    list_display = ["message", "reason", "attempts", "died", "replays", "conversation"]  # the type names the context
     list_filter = [ContextFilter, TypeFilter, ("created_at", admin.DateFieldListFilter)]
     search_fields = ["=id", "=correlation_id"]  # handled by get_search_results
     search_help_text = "A message id, a correlation id, or an id another app resolves (an order id)."
@@ -87,6 +93,9 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).filter(status=Message.Status.DEAD)
+
+    def changelist_view(self, request, extra_context=None):
+        return super().changelist_view(request, {"title": "Dead letters", **(extra_context or {})})
 
     def get_changelist(self, request, **kwargs):
         return DeadLetterChangeList
@@ -115,11 +124,12 @@ class DeadLetterAdmin(ReadOnlyAdmin):
             return format_html('<span class="catga-muted">{}</span>', "no dead delivery recorded")
         return format_html_join(
             "",
-            '<div class="catga-reason"><span class="catga-handler">{}</span> <span class="catga-error" title="{}">{}'
-            "</span>{}</div>",
+            '<div class="catga-reason"><span class="catga-handler" title="{}">{}</span> '
+            '<span class="catga-error" title="{}">{}</span>{}</div>',
             (
                 (
                     d.handler,
+                    short_handler(d.handler),
                     d.error,
                     Truncator(d.error).chars(160),
                     format_html(' <em class="catga-refused">{}</em>', "cannot be replayed")
@@ -255,18 +265,17 @@ def report(model_admin, request, results: list[replay.Replayed], gone: list[str]
         type_, status = now.get(result.message_id, ("", ""))
         name = f"{type_} {result.message_id}".strip()
         if not result.ok:
-            notify(request, f"{name} could not be replayed: {result.detail}.", messages.ERROR)
+            notify(request, f"Could not replay {name}: {result.detail}.", messages.ERROR)
             continue
         replayed += 1
         if status == Message.Status.DEAD:
-            notify(
-                request, f"{name} was replayed but died again: {errors.get(result.message_id, '?')}", messages.WARNING
-            )
+            error = errors.get(result.message_id, "see its page")
+            notify(request, f"Replayed {name}, but it died again: {error}", messages.WARNING)
         elif replayed <= MAX_SUCCESS_NOTES:
-            notify(request, f"{name} replayed: {result.detail}; now {status}.", messages.SUCCESS)
+            notify(request, f"Replayed {name}: {result.detail}; now {status}.", messages.SUCCESS)
     if replayed > MAX_SUCCESS_NOTES:
         notify(request, f"… and {replayed - MAX_SUCCESS_NOTES} more replayed.", messages.SUCCESS)
     for message_id in gone:
-        notify(request, f"{message_id} is no longer a dead letter (replayed meanwhile?): skipped.", messages.WARNING)
+        notify(request, f"Skipped {message_id}: no longer a dead letter (replayed meanwhile?).", messages.WARNING)
     if len(results) + len(gone) > 1:
         notify(request, f"Replayed {replayed} of {len(results) + len(gone)} selected dead letters.", messages.INFO)

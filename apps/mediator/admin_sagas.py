@@ -145,10 +145,6 @@ class TimelineEvent:
     def message_url(self) -> str:
         return reverse("admin:mediator_message_change", args=[self.message_id]) if self.message_id else ""
 
-    @property
-    def at_text(self) -> str:
-        return precise(self.at, digits=3)
-
 
 @dataclass
 class StepState:
@@ -235,7 +231,7 @@ class SagaStateAdmin(ReadOnlyAdmin):
     fieldsets = [
         (None, {"fields": ["name", "status_badge", "step", "reason", "created_precise", "updated_precise"]}),
         ("Conversation", {"fields": ["conversation_link"]}),
-        ("Data", {"fields": ["data_pretty"]}),
+        ("Data", {"fields": ["data_pretty"], "classes": ["collapse"]}),
     ]
     readonly_fields = [
         "status_badge",
@@ -248,6 +244,9 @@ class SagaStateAdmin(ReadOnlyAdmin):
 
     def get_changelist(self, request, **kwargs):
         return SagaChangeList
+
+    def changelist_view(self, request, extra_context=None):
+        return super().changelist_view(request, {"title": "Sagas", **(extra_context or {})})
 
     def get_search_results(self, request, queryset, search_term):
         term = normalise_id(search_term)

@@ -89,10 +89,29 @@ def mark_published(ids: list[str]) -> None:
     With RECORD_HISTORY off an outbox row has done its job once published and is
     deleted, except an ExactlyOnce message's: its row anchors the inbox record.
     """
-    pending = Message.objects.filter(pk__in=ids, status=Message.Status.PENDING)
-    if not recording():
-        pending.exclude(qos=QoS.EXACTLY_ONCE.value).delete()
-    pending.update(status=Message.Status.PUBLISHED, published_at=timezone.now())
+    if not recording() and _delete_published(ids) == len(ids):
+        return
+    Message.objects.filter(pk__in=ids, status=Message.Status.PENDING).update(
+        status=Message.Status.PUBLISHED, published_at=timezone.now()
+    )
+
+
+def _delete_published(ids: list[str]) -> int:
+    """Delete the published outbox rows that are only outbox (history off); returns how many.
+
+    One statement: QuerySet.delete() would first read the rows to cascade to deliveries,
+    which these never have (the guard keeps a row a failure was recorded against).
+    """
+    quote = connection.ops.quote_name
+    messages, deliveries = quote(Message._meta.db_table), quote(Delivery._meta.db_table)
+    marks = ", ".join(["%s"] * len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {messages} WHERE id IN ({marks}) AND status = %s AND qos <> %s "  # noqa: S608
+            f"AND NOT EXISTS (SELECT 1 FROM {deliveries} d WHERE d.message_id = {messages}.id)",
+            [*ids, Message.Status.PENDING.value, QoS.EXACTLY_ONCE.value],
+        )
+        return cursor.rowcount
 
 
 def ensure_received(envelope: Envelope, payload, *, status: str = Message.Status.PUBLISHED) -> tuple[Message, bool]:

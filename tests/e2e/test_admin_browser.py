@@ -15,7 +15,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from apps.mediator.models import Message
+from apps.mediator.models import Message, SagaState
 from apps.orders.models import Order
 from tests.unit.test_admin_scale import generate_history
 
@@ -69,6 +69,15 @@ def page(browser, live_server):
 def support(django_user_model):
     user = django_user_model.objects.create_user("support", password="pw-support-123", is_staff=True)
     user.user_permissions.set(Permission.objects.filter(codename__in=["view_message", "view_delivery", "view_order"]))
+    return user
+
+
+@pytest.fixture
+def ops(django_user_model):
+    """Support who may also replay dead letters."""
+    user = django_user_model.objects.create_user("ops", password="pw-ops-123", is_staff=True)
+    codenames = ["view_message", "view_delivery", "view_order", "view_sagastate", "replay_message"]
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
     return user
 
 
@@ -202,3 +211,97 @@ def test_a_non_staff_user_is_refused(page, customer):
     page.goto("/admin/mediator/message/dashboard/")
     assert "/admin/login/" in page.url
     assert page.locator("svg#catga-chart").count() == 0
+
+
+def undecodable_dead_letter() -> Message:
+    """A message that arrived garbled: dead on arrival, with nothing valid to replay."""
+    from apps.mediator.envelope import Envelope
+    from apps.mediator.messages import QoS
+    from apps.mediator.runtime import get_mediator
+    from apps.payments.contracts import RefundPayment
+
+    envelope = Envelope.for_message(RefundPayment(order_id="o-1", reason="r"), qos=QoS.AT_LEAST_ONCE)
+    get_mediator().dispatcher.handle(envelope, b"\x00\x01 not json")
+    return Message.objects.get(pk=envelope.id)
+
+
+def test_ops_replays_a_dead_letter_after_confirming_and_the_order_completes(page, ops, api, catalogue, monkeypatch):
+    monkeypatch.setenv("FAKE_PROVIDER_OUTAGE", "1")  # the payment provider is down: the charge dies after its retries
+    order = place(api)
+    charge = Message.objects.get(correlation_id=order.correlation_id, type="payments.ChargePayment")
+    assert charge.status == "dead"
+    assert api.get(f"/api/orders/{order.id}/").json()["status"] == "pending"
+    garbled = undecodable_dead_letter()
+
+    log_in(page, "ops", "pw-ops-123")
+    page.locator("#catga-console a", has_text="Dead letters").click()
+    page.wait_for_url("**/admin/mediator/deadletter/")
+    row = page.locator("#result_list tbody tr", has_text=charge.pk)
+    assert "payments.ChargePayment" in row.inner_text()
+    assert "TransientError: provider outage" in row.locator("td.field-reason").inner_text()
+    assert row.locator("td.field-attempts").inner_text() == "5"
+    other = page.locator("#result_list tbody tr", has_text=garbled.pk)
+    assert "cannot be replayed" in other.locator("td.field-reason").inner_text()
+    shoot(page, "dead-letters")
+
+    monkeypatch.delenv("FAKE_PROVIDER_OUTAGE")  # the provider is back
+    row.locator("input.action-select").check()
+    page.select_option("select[name=action]", "replay_selected")
+    page.click("button[name=index]")
+    listed = page.locator("#catga-replay-list tbody tr")
+    listed.first.wait_for()
+    assert listed.count() == 1 and charge.pk in listed.first.inner_text()
+    assert "admin:ops" in page.locator("#content-main").inner_text()
+    assert Message.objects.get(pk=charge.pk).status == "dead", "nothing is replayed before confirming"
+    shoot(page, "replay-confirmation")
+
+    page.click("#catga-replay-confirm")
+    page.wait_for_url("**/admin/mediator/deadletter/")
+    note = page.locator("ul.messagelist").inner_text()
+    assert f"Replayed payments.ChargePayment {charge.pk}: queued again" in note and "now handled" in note
+    assert page.locator("#result_list tbody tr", has_text=charge.pk).count() == 0
+    assert page.locator("#result_list tbody tr", has_text=garbled.pk).count() == 1
+    assert api.get(f"/api/orders/{order.id}/").json()["status"] == "confirmed"
+
+    page.goto(f"/admin/mediator/message/{charge.pk}/change/")
+    assert "admin:ops" in page.locator("#catga-replays").inner_text()
+    assert page.locator(".catga-attempts tr.attempt-replayed").count() == 1
+    shoot(page, "message-replay-history")
+
+    page.goto(f"/admin/orders/order/{order.id}/change/")
+    page.click("text=its steps as a timeline")
+    page.wait_for_url("**/admin/mediator/sagastate/*/change/")
+    states = page.locator(".catga-step").evaluate_all("steps => steps.map(s => s.dataset.state)")
+    assert states == ["completed", "completed", "completed"]
+    shoot(page, "saga-detail-replayed")
+
+
+def test_a_saga_page_shows_its_steps_and_timeline_with_the_compensation_marked(page, support, api, catalogue):
+    Permission.objects.get(codename="view_sagastate").user_set.add(support)
+    order = place(api, token="tok_declined", sku="SKU-B")
+    state = SagaState.objects.get(correlation_id=order.correlation_id)
+
+    log_in(page, "support", "pw-support-123", next_url="/admin/mediator/sagastate/?status__exact=failed")
+    page.fill("#searchbar", order.id)
+    page.press("#searchbar", "Enter")
+    rows = page.locator("#result_list tbody tr")
+    rows.first.wait_for()
+    assert rows.count() == 1 and "payment_declined" in rows.first.inner_text()
+    rows.first.locator("td.field-saga a").click()
+    page.wait_for_url(f"**/admin/mediator/sagastate/{state.pk}/change/")
+
+    steps = page.locator(".catga-step")
+    assert steps.evaluate_all("s => s.map(e => e.dataset.state)") == ["compensated", "failed", "not_reached"]
+    assert "completed, then compensated" in steps.first.inner_text()
+    compensation = page.locator("#catga-saga-log tr.catga-compensation")
+    assert compensation.count() == 1 and "inventory.ReleaseStock" in compensation.inner_text()
+    tinted = compensation.locator("td").first.evaluate("td => getComputedStyle(td).backgroundColor")
+    plain = page.locator("#catga-saga-log tr.event-started td").first.evaluate(
+        "td => getComputedStyle(td).backgroundColor"
+    )
+    assert tinted != plain, "the compensation stands out"
+    shoot(page, "saga-detail")
+
+    page.click("#catga-saga-conversation")
+    page.wait_for_url(f"**/conversation/{order.correlation_id}/")
+    assert page.locator(".catga-saga-link", has_text="OrderSaga").count() == 1

@@ -4,7 +4,13 @@ Each kind takes a part of the stack away and brings it back, then waits (bounded
 until the stack is whole again before the next fault is due:
 
 consumer killed       SIGKILL of one run_consumer (contexts in turn), restarted
+consumer frozen       SIGSTOP of one run_consumer past its ack wait, then SIGCONT (a long GC pause,
+                      a throttled or partitioned pod): JetStream redelivers what it was handling
+                      while it still finishes it, the inbox must keep the effects single
 web server killed     SIGKILL of gunicorn's whole process group, restarted on the same port
+delivered again       a batch of messages already handled published once more under a fresh
+                      JetStream de-duplication key (an outbox relay that re-sends after the
+                      duplicate window, a publisher retrying): the inbox must apply none twice
 NATS restarted        every node of the cluster stopped, then started again
 PostgreSQL restarted  an immediate shutdown (a crash: no checkpoint, recovery on start), started again
 NATS node lost        SIGKILL of a node that leads neither app stream, restarted once it was missed
@@ -12,8 +18,11 @@ stream leader lost    SIGKILL of the node leading a stream (CMD and EVT in turn)
                       another node took over
 """
 
+import json
+import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,14 +31,19 @@ from tests.reliability.stack import CONTEXTS, STREAMS, wait_until
 KINDS = (
     "consumer killed",
     "NATS node lost",
+    "consumer frozen",
+    "delivered again",
     "web server killed",
     "PostgreSQL restarted",
     "stream leader lost",
     "NATS restarted",
 )
+REDELIVERED = 60  # messages each "delivered again" publishes once more
 # Seconds each part stays away before it is brought back.
 DOWN = {
     "consumer killed": 2.0,
+    "consumer frozen": 0.0,  # the ack wait, plus a little (see _freeze)
+    "delivered again": 0.0,
     "NATS node lost": 6.0,
     "web server killed": 2.0,
     "PostgreSQL restarted": 3.0,
@@ -63,7 +77,7 @@ class Faults(threading.Thread):
         self.injected: list[Fault] = []
         self.errors: list[str] = []
         self.stop = threading.Event()
-        self._turn = {"consumer killed": 0, "stream leader lost": 0}
+        self._turn = {"consumer killed": 0, "consumer frozen": 1, "stream leader lost": 0}
 
     def run(self) -> None:
         started = time.monotonic()
@@ -87,6 +101,8 @@ class Faults(threading.Thread):
     def inject(self, kind: str) -> str:
         action: Callable[[], str] = {
             "consumer killed": self._consumer,
+            "consumer frozen": self._freeze,
+            "delivered again": self._deliver_again,
             "web server killed": self._web,
             "NATS restarted": self._nats_restart,
             "PostgreSQL restarted": self._postgres,
@@ -103,6 +119,46 @@ class Faults(threading.Thread):
         self._away("consumer killed")
         django.start_consumer(context)
         return f"{context} consumer"
+
+    def _freeze(self) -> str:
+        django = self.stack.django
+        context = CONTEXTS[self._turn["consumer frozen"] % len(CONTEXTS)]
+        self._turn["consumer frozen"] += 1
+        seconds = django.ack_wait + 3
+        django.consumers[context].signal(signal.SIGSTOP)
+        try:
+            self.stop.wait(seconds)
+        finally:
+            django.consumers[context].signal(signal.SIGCONT)
+        return f"{context} consumer for {seconds:g}s"
+
+    def _deliver_again(self) -> str:
+        rows = self.stack.postgres.execute(
+            "SELECT id, type, kind, correlation_id, causation_id, qos, payload, "
+            "extract(epoch FROM created_at)::float FROM mediator_message "
+            "WHERE status = 'handled' AND type <> 'orders.OrderSagaTimeout' ORDER BY id DESC LIMIT %s",
+            [REDELIVERED],
+        )
+
+        async def publish(js):
+            for message_id, wire, kind, correlation, causation, qos, payload, created in rows:
+                context, _, name = wire.partition(".")
+                headers = {
+                    "Catga-Message-Id": message_id,
+                    "Nats-Msg-Id": f"{message_id}.again",
+                    "Catga-Type": wire,
+                    "Catga-Kind": kind,
+                    "Catga-Correlation-Id": correlation,
+                    "Catga-QoS": qos,
+                    "Catga-Created-At": repr(created),
+                    **({"Catga-Causation-Id": causation} if causation else {}),
+                }
+                subject = f"catga.{context}.{'cmd' if kind == 'command' else 'evt'}.{name}"
+                await js.publish(subject, json.dumps(payload).encode(), headers=headers)
+
+        self.stack.nats.call(publish, timeout=60)
+        kinds = Counter(row[1].partition(".")[2] for row in rows)
+        return f"{len(rows)} handled messages ({', '.join(f'{k} {n}' for k, n in kinds.most_common(4))}, ...)"
 
     def _web(self) -> str:
         self.stack.django.web.kill()

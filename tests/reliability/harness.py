@@ -41,7 +41,7 @@ class Config:
     duration: float = 300.0  # seconds over which the orders are spread
     faults: int = 0  # 0: one every ~20 s, at least one of each kind
     settle: float = 240.0  # seconds the stack may take to finish everything after the load
-    ack_wait: float = 10.0  # CATGA_ACK_WAIT: how soon a killed consumer's messages come back
+    ack_wait: float = 6.0  # CATGA_ACK_WAIT: how soon a killed or frozen consumer's messages come back
     customers: int = 4
     threads: int = 6
     seed: int = 1

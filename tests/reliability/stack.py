@@ -277,6 +277,7 @@ class Django:
 
     def __init__(self, root: Path, log_dir: Path, database_url: str, nats_urls: str, *, ack_wait: float):
         self.root, self.log_dir = root, log_dir
+        self.ack_wait = ack_wait
         self.web_port = free_port()
         ours = ("DJANGO_", "CATGA_", "NATS_", "GUNICORN_", "FAKE_PROVIDER_", "OTEL_", "PROMETHEUS_", "ORDER_STEP")
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(ours) and k != "DATABASE_URL"}

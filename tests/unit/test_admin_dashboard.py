@@ -2,6 +2,8 @@
 
 import datetime as dt
 import re
+import socket
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -113,6 +115,34 @@ def test_consumer_pending_is_na_until_the_transport_reports_it(support_client, m
     html = support_client.get(DASHBOARD).content.decode()
     assert 'id="consumers-na"' not in html
     assert re.search(r'<th scope="row">orders-commands</th><td class="catga-num">3</td>', html)
+
+
+def test_an_empty_answer_from_the_broker_shows_as_na(support_client, monkeypatch):
+    class UnreachableTransport:
+        def consumer_pending(self):
+            return {}  # what NatsTransport answers when NATS does not
+
+    monkeypatch.setattr("apps.mediator.runtime.get_mediator", lambda: SimpleNamespace(transport=UnreachableTransport()))
+    html = support_client.get(DASHBOARD).content.decode()
+    assert 'id="consumers-na"' in html and "did not answer in time" in html
+
+
+def test_the_nats_transport_answers_promptly_with_nothing_when_nats_is_unreachable(settings):
+    from apps.mediator.runtime import build_dispatcher
+    from apps.mediator.transports.nats.publisher import NatsTransport
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings.CATGA = {**settings.CATGA, "NATS_URL": f"nats://127.0.0.1:{port}"}
+    transport = NatsTransport(build_dispatcher())
+    try:
+        started = time.monotonic()
+        assert transport.consumer_pending(timeout=0.2) == {}
+        assert transport.consumer_pending(timeout=0.2) == {}
+        assert time.monotonic() - started < 5, "the admin must never hang on NATS"
+    finally:
+        transport.close()
 
 
 def test_a_failing_panel_is_reported_without_breaking_the_page(support_client, monkeypatch):

@@ -82,7 +82,7 @@ def choose_replay(client, ids, *, confirm=False, query=""):
 
 
 def test_the_list_holds_only_dead_messages_with_their_reason(api, catalogue, monkeypatch, ops_client):
-    order, charge = stalled_order(api, monkeypatch)
+    _order, charge = stalled_order(api, monkeypatch)
     broken = undecodable()
     place(api)  # a happy order: nothing of it is dead
 
@@ -137,14 +137,14 @@ def test_replay_asks_first_then_goes_through_the_replay_service_and_is_audited(a
     assert [e["outcome"] for e in delivery.attempt_log][-2:] == ["replayed", "succeeded"]
     assert delivery.attempt_log[-2]["error"] == "replayed by admin:ops"
     ((level, text),) = notes(done)
-    assert level == "success" and text.startswith(f"payments.ChargePayment {charge.pk} replayed: queued again")
+    assert level == "success" and text.startswith(f"Replayed payments.ChargePayment {charge.pk}: queued again")
     assert text.endswith("now handled.")
 
 
 def test_the_message_page_shows_the_replay_history_and_a_replay_button_while_dead(
     api, catalogue, monkeypatch, ops_client
 ):
-    order, charge = stalled_order(api, monkeypatch)
+    _order, charge = stalled_order(api, monkeypatch)
     page = f"/admin/mediator/message/{charge.pk}/change/"
 
     html = ops_client.get(page).content.decode()
@@ -177,7 +177,7 @@ def test_one_message_is_replayed_from_its_page_after_confirming(api, catalogue, 
 
 
 def test_each_message_gets_its_result_replayed_refused_or_dead_again(api, catalogue, monkeypatch, ops_client):
-    order, charge = stalled_order(api, monkeypatch)
+    _order, charge = stalled_order(api, monkeypatch)
     broken = undecodable()
 
     page = choose_replay(ops_client, [charge.pk, broken.pk])
@@ -189,12 +189,13 @@ def test_each_message_gets_its_result_replayed_refused_or_dead_again(api, catalo
     done = choose_replay(ops_client, [charge.pk, broken.pk], confirm=True)
 
     shown = notes(done)
-    assert ("warning", f"payments.ChargePayment {charge.pk} was replayed but died again: "
-            "TransientError: provider outage") in shown
+    assert (
+        "warning",
+        f"Replayed payments.ChargePayment {charge.pk}, but it died again: TransientError: provider outage",
+    ) in shown
     assert (
         "error",
-        f"payments.ChargePayment {broken.pk} could not be replayed: "
-        "undecodable on arrival: nothing valid to deliver again.",
+        f"Could not replay payments.ChargePayment {broken.pk}: undecodable on arrival: nothing valid to deliver again.",
     ) in shown
     assert ("info", "Replayed 1 of 2 selected dead letters.") in shown
     assert Message.objects.get(pk=charge.pk).status == "dead"
@@ -202,13 +203,13 @@ def test_each_message_gets_its_result_replayed_refused_or_dead_again(api, catalo
 
 
 def test_a_message_replayed_meanwhile_is_skipped(api, catalogue, monkeypatch, ops_client):
-    order, charge = stalled_order(api, monkeypatch)
+    _order, charge = stalled_order(api, monkeypatch)
     choose_replay(ops_client, [charge.pk])  # the confirmation page is open…
     replay.replay([charge.pk], actor="admin:colleague")  # …while a colleague replays it
 
     done = choose_replay(ops_client, [charge.pk], confirm=True)
 
-    assert ("warning", f"{charge.pk} is no longer a dead letter (replayed meanwhile?): skipped.") in notes(done)
+    assert ("warning", f"Skipped {charge.pk}: no longer a dead letter (replayed meanwhile?).") in notes(done)
     assert [r["by"] for r in Message.objects.get(pk=charge.pk).headers["replays"]] == ["admin:colleague"]
 
 
@@ -225,7 +226,7 @@ def test_too_many_at_once_is_refused_with_a_pointer_to_the_command(api, catalogu
 
 
 def test_replay_needs_the_replay_permission(api, catalogue, monkeypatch, client, support, admin_client):
-    order, charge = stalled_order(api, monkeypatch)
+    _order, charge = stalled_order(api, monkeypatch)
     client.force_login(support)
 
     listing = client.get(DEAD)

@@ -82,9 +82,7 @@ def test_filters_by_status_and_name_and_finds_by_order_message_or_correlation_id
     assert listed(support_client.get(SAGAS, {"q": "01ZZZZZZZZZZZZZZZZZZZZZZZZ"})) == []
 
 
-def test_a_compensated_saga_shows_its_steps_and_a_timeline_with_the_compensation_marked(
-    api, catalogue, support_client
-):
+def test_a_compensated_saga_shows_its_steps_and_a_timeline_with_the_compensation_marked(api, catalogue, support_client):
     order = place(api, token="tok_declined")
     state = saga_of(order)
 
