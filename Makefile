@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 REQUIREMENTS := requirements/base.txt requirements/observability.txt requirements/dev.txt requirements/k8s.txt requirements/k8s-checkov.txt requirements/e2e.txt requirements/bench.txt
 STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint unit integration bench clean
+.PHONY: run test lint unit integration bench reliability clean
 
 $(STAMP): $(REQUIREMENTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ unit: $(STAMP)
 ## Prints a table and writes bench/results/latest.json. BENCH_ARGS=--quick for a smoke run.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+## The full load-and-faults run (~6 min; `make test` runs a smaller one): its own PostgreSQL,
+## 3-node NATS cluster, gunicorn and consumers on loopback, faults injected while 3000 orders
+## flow; prints the table, exits 1 if an invariant broke. docs/reliability.md has its figures.
+RELIABILITY_ARGS ?= --orders 3000 --duration 300
+reliability: $(STAMP)
+	$(BIN)/python -m tests.reliability.run $(RELIABILITY_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

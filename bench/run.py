@@ -80,6 +80,7 @@ class Bench:
         self.skipped: dict[str, str] = {}
         self.failed: list[str] = []
         self.all_procs: list[infra.Processes] = []
+        self.load_at_start = list(os.getloadavg())
         self.logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
         self.db = infra.Database(infra.bench_database_url(os.environ))
         self.nats = infra.NatsServer()
@@ -179,9 +180,7 @@ class Bench:
             rate = infra.windowed_rate(samples, total)
         else:
             box = {}
-            thread = threading.Thread(
-                target=lambda: box.update(s=self._watch(watcher, total, timeout=75)), daemon=True
-            )
+            thread = threading.Thread(target=lambda: box.update(s=self._watch(watcher, total, timeout=75)), daemon=True)
             thread.start()
             sent = p.run([*send, "--warm"], timeout=300, **env)
             thread.join()
@@ -381,12 +380,17 @@ class Bench:
                 "seconds": round(time.time() - started, 1),
                 "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "cpus": os.cpu_count(),
+                # The machine may be shared: the load says how much of it the run had.
+                "loadavg_at_start": self.load_at_start,
+                "loadavg_at_end": list(os.getloadavg()),
                 "python": platform.python_version(),
                 "machine": platform.machine(),
                 "sizes": {k: (v[1] if self.quick else v[0]) for k, v in SIZES.items()},
             },
         }
         print()
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"{os.cpu_count()} CPUs, load average at the end {load} (at the start {self.load_at_start[0]:.1f})")
         print(f"{'metric':34} {'value':>12}   anchor")
         print("-" * 78)
         for key in KEYS:

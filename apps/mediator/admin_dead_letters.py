@@ -61,7 +61,7 @@ def with_reasons(queryset):
 
 
 def short_handler(name: str) -> str:
-    """ "payments:apps.payments.handlers.charge_payment" -> "payments: charge_payment"."""
+    """A handler's name as a list shows it: `payments: charge_payment` (the full name is its title)."""
     context, _, path = name.rpartition(":")
     return f"{context}: {path.rpartition('.')[2]}" if context else name
 
@@ -224,7 +224,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
             return
         select_across = request.POST.get("select_across") == "1"
         gone = [] if select_across else sorted(set(selected) - set(ids))
-        results = replay.replay(ids, actor=actor_of(request))
+        results = replay.replay(ids, actor=actor_of(request), only_dead=True)
         report(self, request, results, gone)
 
 

@@ -36,18 +36,22 @@ def dead_messages(*, context: str | None = None, type: str | None = None):
     return rows.order_by("id")
 
 
-def replay(message_ids, *, actor: str) -> list[Replayed]:
+def replay(message_ids, *, actor: str, only_dead: bool = False) -> list[Replayed]:
+    """Replay each message in its own transaction. With `only_dead`, a message that is no
+    longer dead when its row is locked (someone replayed it a moment ago) is skipped."""
     results = []
     for message_id in message_ids:
         with transaction.atomic():
-            results.append(_replay_one(message_id, actor))
+            results.append(_replay_one(message_id, actor, only_dead))
     return results
 
 
-def _replay_one(message_id: str, actor: str) -> Replayed:
+def _replay_one(message_id: str, actor: str, only_dead: bool) -> Replayed:
     row = Message.objects.select_for_update().filter(pk=message_id).first()
     if row is None:
         return Replayed(message_id, False, "no such message")
+    if only_dead and row.status != Message.Status.DEAD:
+        return Replayed(message_id, False, f"no longer a dead letter (now {row.status})")
     if row.deliveries.filter(handler=UNDECODABLE).exists():
         return Replayed(message_id, False, "undecodable on arrival: nothing valid to deliver again")
     now = timezone.now()

@@ -32,6 +32,11 @@ def web_env(rendered, tmp_path: Path) -> dict[str, str]:
     config = tmp_path / "catga.json"
     config.write_text(files["data"]["catga.json"])
     env["CATGA_CONFIG_FILE"] = str(config)
+    # The emptyDir mounted for prometheus_client's multiprocess files (it must exist).
+    if "PROMETHEUS_MULTIPROC_DIR" in env:
+        multiproc = tmp_path / "prometheus"
+        multiproc.mkdir()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
     return env
 
 

@@ -48,6 +48,7 @@ import http.client
 import json
 import os
 import re
+import runpy
 import secrets
 import shlex
 import signal
@@ -60,11 +61,22 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 
-from tests.k8s.manifests import GENERATED_SUFFIX, REPO, Combo, Render, combo_dir, pod_spec, render
+from tests.k8s.manifests import (
+    GENERATED_SUFFIX,
+    REPO,
+    Combo,
+    Render,
+    combo_dir,
+    pod_labels,
+    pod_spec,
+    render,
+    selects,
+)
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
 
@@ -200,6 +212,7 @@ class Kubelet:
         self.image_paths = {image_workdir: str(REPO), "/opt/venv": str(VENV)}
         self.pods: dict[str, Pod] = {}
         self.running: list[Running] = []
+        self.probers: list[Prober] = []
         self.links = service_links(rendered)
 
     # -- pods
@@ -241,7 +254,9 @@ class Kubelet:
         namespace = self.rendered.get("StatefulSet", "nats")["metadata"].get("namespace", "default")
         for service in self.rendered.of_kind("Service"):
             name = service["metadata"]["name"]
-            backends = [p for p in self.pods.values() if _selects(service, p)]
+            backends = [
+                p for p in self.pods.values() if selects(service["spec"].get("selector"), pod_labels(p.workload))
+            ]
             if not backends:
                 continue
             names = [name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"]
@@ -297,11 +312,10 @@ class Kubelet:
             source = var["valueFrom"]
             if "fieldRef" in source:
                 path = source["fieldRef"]["fieldPath"]
-                fields = {"status.podIP": POD_IP, "metadata.name": pod.name, "metadata.namespace": "kubelet"}
+                namespace = pod.workload["metadata"].get("namespace", "default")
+                fields = {"status.podIP": POD_IP, "metadata.name": pod.name, "metadata.namespace": namespace}
                 label = re.fullmatch(r"metadata\.labels\['(.+)'\]", path)
-                value = (
-                    pod.workload["spec"]["template"]["metadata"]["labels"][label.group(1)] if label else fields[path]
-                )
+                value = pod_labels(pod.workload)[label.group(1)] if label else fields[path]
             elif "secretKeyRef" in source:
                 value = self.secret(source["secretKeyRef"]["name"])[source["secretKeyRef"]["key"]]
             else:
@@ -316,9 +330,9 @@ class Kubelet:
         declared = {str(p["containerPort"]): str(pod.ports[p["containerPort"]]) for p in container.get("ports", [])}
         return [declared.get(part, self.localize(pod, container, part)) for part in argv]
 
-    def start(self, pod: Pod, name: str, extra_env: dict[str, str] | None = None) -> Running:
+    def start(self, pod: Pod, name: str) -> Running:
         container = pod.container(name)
-        env = {**self.environment(pod, container), **(extra_env or {})}
+        env = self.environment(pod, container)
         if container["name"] == "web":
             env |= self.gunicorn_overrides(pod, container, env)
         argv = self.command(pod, container, env)
@@ -326,7 +340,7 @@ class Kubelet:
         with log.open("ab") as output:
             proc = subprocess.Popen(
                 argv,
-                cwd=self.image_paths.get(container.get("workingDir", ""), REPO),
+                cwd=self.working_dir(container),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
@@ -337,11 +351,11 @@ class Kubelet:
         self.running.append(running)
         return running
 
+    def working_dir(self, container: dict) -> str:
+        return self.image_paths.get(container.get("workingDir", ""), str(REPO))
+
     def gunicorn_overrides(self, pod: Pod, container: dict, env: dict[str, str]) -> dict[str, str]:
         """gunicorn's built-in bind, control socket and tmp dir, mapped through their env overrides."""
-        import runpy
-        from unittest import mock
-
         with mock.patch.dict(os.environ, env, clear=True):
             config = runpy.run_path(str(REPO / "catga_site" / "gunicorn.conf.py"))
         port = int(config["bind"].rsplit(":", 1)[1])
@@ -357,7 +371,7 @@ class Kubelet:
         """`kubectl exec` into a running container: its environment, its working directory."""
         return subprocess.run(
             [self.localize(running.pod, running.spec, part) for part in argv],
-            cwd=REPO,
+            cwd=self.working_dir(running.spec),
             env={**running.env, **(extra_env or {})},
             capture_output=True,
             text=True,
@@ -365,18 +379,21 @@ class Kubelet:
             check=False,
         )
 
+    def probe(self, running: Running) -> Prober:
+        """Start the kubelet's probe workers for a running container."""
+        prober = Prober(running)
+        self.probers.append(prober)
+        prober.start()
+        return prober
+
     def kill_everything(self) -> None:
+        for prober in self.probers:
+            prober.stop.set()
         for running in self.running:
             if running.alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(running.proc.pid, signal.SIGKILL)
                 running.proc.wait(timeout=10)
-
-
-def _selects(service: dict, pod: Pod) -> bool:
-    selector = service["spec"].get("selector") or {}
-    labels = pod.workload["spec"]["template"]["metadata"].get("labels", {})
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
 # --- probes ----------------------------------------------------------------------------
@@ -651,11 +668,10 @@ class Scenario:
     def start_nats(self) -> tuple[list[Running], list[Prober]]:
         """All nodes at once (podManagementPolicy Parallel), probed until ready; the token is required."""
         nats = [self.kubelet.start(pod, "nats") for pod in self.nats_pods]
-        probers = [Prober(running) for running in nats]
-        for prober in probers:
-            prober.start()
+        probers = [self.kubelet.probe(running) for running in nats]
         wait_ready(probers, READY_DEADLINE)
-        _, refused = nats_connect(self.nats_pods[0].port(nats[0].spec, "client"), None)
+        anonymous, refused = nats_connect(self.nats_pods[0].port(nats[0].spec, "client"), None)
+        anonymous.close()
         assert b"Authorization Violation" in refused, refused
         return nats, probers
 
@@ -686,9 +702,7 @@ class Scenario:
     # 4.
     def start_apps(self, nats: Running) -> tuple[list[Running], list[Prober]]:
         mains = [self.kubelet.start(pod, pod.spec["containers"][0]["name"]) for pod in self.app_pods]
-        probers = [Prober(running) for running in mains]
-        for prober in probers:
-            prober.start()
+        probers = [self.kubelet.probe(running) for running in mains]
         wait_ready(probers, READY_DEADLINE)
         for running in mains:
             assert running.env["OTEL_SERVICE_NAME"] == running.pod.workload["metadata"]["name"], running.name
@@ -706,20 +720,9 @@ class Scenario:
     # 5.
     def order_end_to_end(self, mains: list[Running]) -> None:
         web = next(running for running in mains if running.spec["name"] == "web")
-        created = self.kubelet.exec(
-            web,
-            [
-                "python",
-                "manage.py",
-                "createsuperuser",
-                "--noinput",
-                "--username",
-                "kubelet",
-                "--email",
-                "k@example.com",
-            ],
-            {"DJANGO_SUPERUSER_PASSWORD": secrets.token_urlsafe(16)},
-        )
+        superuser = ["createsuperuser", "--noinput", "--username", "kubelet", "--email", "kubelet@example.com"]
+        password = {"DJANGO_SUPERUSER_PASSWORD": secrets.token_urlsafe(16)}
+        created = self.kubelet.exec(web, ["python", "manage.py", *superuser], password)
         assert created.returncode == 0, created.stderr
         issued = self.kubelet.exec(web, ["python", "manage.py", "drf_create_token", "kubelet"])
         assert issued.returncode == 0, issued.stderr
@@ -780,7 +783,8 @@ class Scenario:
             self.nats_pods[0].port(nats[0].spec, "client"), self.kubelet.secret_values["NATS_TOKEN"]
         )
         assert b"PONG" in answer, answer
-        notes = self.stop_all(nats, client)
+        with client:
+            notes = self.stop_all(nats, client)
         assert "lame duck announced, client evicted" in notes[0], notes[0]
 
 

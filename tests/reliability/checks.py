@@ -3,7 +3,7 @@
 lost        an order a 202 named that the database does not have
 stuck       an order still pending after the bounded wait
 duplicated  an effect applied twice: one key making two orders, a (message, handler)
-            inbox row twice, two captures or reservations for an order, or one order's
+            inbox row twice or with two successes logged, two captures or reservations for an order, or one order's
             reply event (StockReserved, PaymentCaptured, OrderConfirmed...) published twice,
             which happens only when the handler that publishes it ran twice
 wrong       an order whose end does not match what its kind must end as (a declined card
@@ -119,7 +119,14 @@ def _duplicates(sql, report: Report) -> None:
     for message_id, handler, n in sql(
         "SELECT message_id, handler, count(*) FROM mediator_delivery GROUP BY 1, 2 HAVING count(*) > 1"
     ):
-        report.duplicated.append(f"message {message_id} handled by {handler} {n} times")
+        report.duplicated.append(f"message {message_id} has {n} inbox rows for {handler}")
+    # Each success is logged in the handler's own transaction: two mean its effects committed twice.
+    for message_id, handler, n in sql(
+        "SELECT message_id, handler, n FROM (SELECT message_id, handler, (SELECT count(*) "
+        "FROM jsonb_array_elements(attempt_log) AS e WHERE e->>'outcome' = 'succeeded') AS n "
+        "FROM mediator_delivery) AS d WHERE n > 1"
+    ):
+        report.duplicated.append(f"message {message_id} applied {n} times by {handler}")
     for order_id, n in sql(
         "SELECT order_id, count(*) FROM payments_payment WHERE status = 'captured' GROUP BY 1 HAVING count(*) > 1"
     ):

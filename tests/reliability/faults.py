@@ -136,7 +136,7 @@ class Faults(threading.Thread):
         rows = self.stack.postgres.execute(
             "SELECT id, type, kind, correlation_id, causation_id, qos, payload, "
             "extract(epoch FROM created_at)::float FROM mediator_message "
-            "WHERE status = 'handled' AND type <> 'orders.OrderSagaTimeout' ORDER BY id DESC LIMIT %s",
+            "WHERE status = 'handled' AND type <> 'orders.OrderSagaTimeout' ORDER BY random() LIMIT %s",
             [REDELIVERED],
         )
 

@@ -1,5 +1,6 @@
 """The operations dashboard: chart, handling times, backlog, dead letters, orders, consumers."""
 
+import asyncio
 import datetime as dt
 import re
 import socket
@@ -142,7 +143,15 @@ def test_the_nats_transport_answers_promptly_with_nothing_when_nats_is_unreachab
         assert transport.consumer_pending(timeout=0.2) == {}
         assert time.monotonic() - started < 5, "the admin must never hang on NATS"
     finally:
+        # It never connected: stop its connect loop before closing, so no task is left pending.
+        asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), transport._ensure_loop()).result(5)
         transport.close()
+
+
+async def _cancel_other_tasks():
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.cancel()
 
 
 def test_a_failing_panel_is_reported_without_breaking_the_page(support_client, monkeypatch):

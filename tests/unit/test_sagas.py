@@ -178,3 +178,20 @@ def test_a_group_fans_out_and_fires_its_callback_once_when_all_are_done(db, cata
     assert Item.objects.get(sku="SKU-A").reserved == 9
     # One conversation: ten members and the callback, plus the events they caused.
     assert Message.objects.filter(correlation_id=row.correlation_id, kind="command").count() == 11
+
+
+def test_a_replay_that_lost_the_race_to_another_is_skipped_not_repeated(api, catalogue, monkeypatch):
+    from apps.mediator import replay
+
+    monkeypatch.setenv("FAKE_PROVIDER_OUTAGE", "1")
+    place(api)
+    monkeypatch.delenv("FAKE_PROVIDER_OUTAGE")
+    dead = replay.dead_messages(type="payments.ChargePayment").get()
+
+    first = replay.replay([dead.id], actor="admin:alice", only_dead=True)
+    second = replay.replay([dead.id], actor="admin:bob", only_dead=True)  # confirmed a moment later
+
+    assert first[0].ok and not second[0].ok
+    assert "no longer a dead letter" in second[0].detail
+    dead.refresh_from_db()
+    assert [r["by"] for r in dead.headers["replays"]] == ["admin:alice"]
