@@ -13,14 +13,16 @@ RETRY_BACKOFF_MAX   Cap of that delay in seconds.
 HANDLER_TIMEOUT     Seconds a handler may run; a message type's Meta.timeout overrides it.
 RECORD_HISTORY      Store every message and delivery in the history tables (env
                     CATGA_RECORD_HISTORY). Off, only what delivery needs is written:
-                    - the outbox row of a message sent inside a transaction, deleted
-                      once JetStream has it (the relay still covers a NATS outage);
+                    - the outbox row of every AtLeastOnce/ExactlyOnce send, in the
+                      sender's transaction (so a rollback sends nothing and the relay
+                      covers a NATS outage); an AtLeastOnce row is deleted once JetStream
+                      has the message; AtMostOnce sends are not stored at all;
                     - ExactlyOnce messages keep their Message row and their inbox record
                       (Delivery) in the handler's transaction, as with history on;
                     - failures, dead letters and replays are recorded as usual.
-                    AtLeastOnce and AtMostOnce deliveries that succeed leave no rows, so
-                    no redelivery is suppressed (at-least-once, as named), and
-                    `Handle.status()` / `wait()` / the admin know nothing of them.
+                    AtLeastOnce deliveries that succeed leave no rows, so no redelivery is
+                    suppressed (at-least-once, as named) and `Handle.status()` / `wait()`
+                    and the admin know nothing of them.
 HISTORY_RETENTION_DAYS
                     Days `manage.py prune_messages` keeps finished messages (None: forever);
                     pending, retrying and dead messages are kept until resolved.

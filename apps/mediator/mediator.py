@@ -115,9 +115,7 @@ class Mediator:
         codec.validated(command)
         envelope = self._envelope(command, None, correlation_id=correlation_id)
         if history.recording() or envelope.qos is QoS.EXACTLY_ONCE:
-            history.message_row(envelope, codec.to_payload(command), status=MessageRow.Status.PUBLISHED).save(
-                force_insert=True
-            )
+            history.store_outgoing(envelope, codec.to_payload(command), status=MessageRow.Status.PUBLISHED)
         return self.dispatcher.run(spec, command, envelope, raise_errors=True).result
 
     def _single_handler(self, message: Message):

@@ -192,7 +192,10 @@ def test_stock_and_money_add_up(api, catalogue, workers):
     ]
     orders = [final_status(i, timeout=60) for i in ids]
     confirmed = [o for o in orders if o.status == "confirmed"]
-    assert len(confirmed) == 4  # 5 in stock; one declined; the sixth is out of stock
+    # 5 in stock, one order declined: the sixth order is confirmed only if the declined
+    # order's stock was released before it was reserved. The books must add up either way.
+    assert len(confirmed) in (4, 5)
+    assert sum(o.reason == "payment_declined" for o in orders) == 1
     wait_until(lambda: Item.objects.get(sku="SKU-B").reserved == 0, message="reservations settled")
     assert Item.objects.get(sku="SKU-B").on_hand == 5 - len(confirmed)
     captured = Payment.objects.filter(status="captured")

@@ -19,6 +19,7 @@ import contextlib
 import glob
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,10 +36,32 @@ CONTEXTS = ("orders", "inventory", "payments")
 STREAMS = ("CATGA_CMD", "CATGA_EVT")
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range.
+
+    The servers here restart on the port they were given (NATS nodes, PostgreSQL, gunicorn):
+    a port from the ephemeral range could meanwhile become the local end of some outgoing
+    connection, and the restart would fail with "address already in use".
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(500):
+        port = random.randint(10000, max(low, 10001) - 1)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port between 10000 and {low}")
 
 
 def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.1):

@@ -126,7 +126,7 @@ def dead_letters(url: str) -> dict[str, str]:
     return js_call(url, read)
 
 
-def test_malformed_messages_are_dead_lettered_or_ignored_and_orders_keep_flowing(api, stock, workers):
+def test_malformed_messages_are_dead_lettered_change_nothing_and_orders_keep_flowing(api, stock, workers, capsys):
     procs = {context: workers.start(context) for context in CONTEXTS}
     liveness = Liveness(procs)
     liveness.start()
@@ -153,10 +153,11 @@ def test_malformed_messages_are_dead_lettered_or_ignored_and_orders_keep_flowing
     liveness.stop.set()
     liveness.join(5)
 
-    print(
-        f"\n{ORDERS} orders: {baseline:.2f}s alone, {with_garbage:.2f}s beside {len(sent)} hostile messages "
-        f"({sum(len(g.body) for g in sent) / 1024:.0f} KiB)"
-    )
+    with capsys.disabled():  # the figures, shown in every run; timing is never asserted
+        print(
+            f"\n{ORDERS} orders: {baseline:.2f}s alone, {with_garbage:.2f}s beside {len(sent)} hostile messages "
+            f"({sum(len(g.body) for g in sent) / 1024:.0f} KiB)"
+        )
     # The workers kept serving: every order of both rounds confirmed, every process alive and live.
     assert Order.objects.filter(pk__in=baseline_ids + garbage_ids, status="confirmed").count() == 2 * ORDERS
     assert all(proc.poll() is None for proc in procs.values()), workers.logs()
