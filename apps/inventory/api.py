@@ -3,14 +3,13 @@
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.inventory import selectors, services
 from apps.inventory.models import Item
-from apps.mediator.api_schema import PAGE_PARAMETERS, errors, paginated
+from apps.mediator.api_schema import PAGE_PARAMETERS, Pagination, errors, paginated
 
 
 class ItemOutputSerializer(serializers.ModelSerializer):
@@ -39,7 +38,7 @@ class ItemListCreateApi(APIView):
         responses={200: paginated("PaginatedItems", ItemOutputSerializer), **errors(400)},
     )
     def get(self, request):
-        paginator = LimitOffsetPagination()
+        paginator = Pagination()
         page = paginator.paginate_queryset(selectors.item_list(), request, view=self)
         return paginator.get_paginated_response(ItemOutputSerializer(page, many=True).data)
 

@@ -2,6 +2,7 @@
 
 from drf_spectacular.utils import OpenApiParameter, inline_serializer
 from rest_framework import serializers
+from rest_framework.pagination import LimitOffsetPagination
 
 PAGE_PARAMETERS = [
     OpenApiParameter("limit", int, required=False, description="Page size (default 100)."),
@@ -34,3 +35,14 @@ def errors(*codes: int) -> dict:
         409: "Conflicts with the current state",
     }
     return {code: OpenApiResponse(description=described[code]) for code in codes}
+
+
+class Pagination(LimitOffsetPagination):
+    """LimitOffsetPagination with bounds: a page of at most 1000, and an offset the
+    database can represent (the fuzzer's 2**64 offset was a 500 on SQLite)."""
+
+    max_limit = 1000
+    max_offset = 2**31 - 1
+
+    def get_offset(self, request) -> int:
+        return min(super().get_offset(request), self.max_offset)

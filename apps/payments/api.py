@@ -7,11 +7,10 @@ Staff see every payment; a customer sees the payments of one of their own orders
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import PermissionDenied
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.views import APIView
 
-from apps.mediator.api_schema import PAGE_PARAMETERS, errors, paginated
+from apps.mediator.api_schema import PAGE_PARAMETERS, Pagination, errors, paginated
 from apps.mediator.errors import NotFound
 from apps.mediator.runtime import mediator
 from apps.orders.contracts import GetOrder
@@ -53,6 +52,6 @@ class PaymentListApi(APIView):
         return self._page(request, payments)
 
     def _page(self, request, payments):
-        paginator = LimitOffsetPagination()
+        paginator = Pagination()
         page = paginator.paginate_queryset(payments, request, view=self)
         return paginator.get_paginated_response(PaymentOutputSerializer(page, many=True).data)

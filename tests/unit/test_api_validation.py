@@ -86,3 +86,10 @@ def test_token_authentication_works(anon_api, customer, catalogue):
     token = Token.objects.create(user=customer)
     anon_api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
     assert anon_api.post("/api/orders/", VALID, format="json").status_code == 202
+
+
+@pytest.mark.parametrize("query", ["limit=18446744073709551616", "offset=18446744073709551616", "limit=-1", "offset=x"])
+def test_absurd_paging_is_not_a_500(anon_api, catalogue, query):
+    response = anon_api.get(f"/api/inventory/items/?{query}")
+    assert response.status_code == 200
+    assert len(response.json()["results"]) <= 1000
