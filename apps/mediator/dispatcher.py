@@ -92,19 +92,25 @@ class Dispatcher:
                     return Outcome(ACK, result=delivery.result, duplicate=True)
                 if envelope.attempt > self.max_attempts(message):
                     raise AttemptsExhausted(f"delivered {envelope.attempt} times without settling")
-                token = current_envelope.set(envelope)
-                try:
-                    result = self.pipeline.run(message, HandlerContext(envelope=envelope, handler=spec))
-                    if envelope.workflow:
-                        workflows().member_succeeded(envelope, _jsonable(result))
-                finally:
-                    current_envelope.reset(token)
+                result = self._invoke(spec, message, envelope)
                 history.inbox_succeeded(delivery, envelope.attempt, started, timezone.now(), _jsonable(result))
             return Outcome(ACK, result=result)
         except Exception as exc:
             if raise_errors:
                 raise
             return self._failed(spec, message, envelope, exc, started)
+
+    def _invoke(self, spec: HandlerSpec, message: Message, envelope: Envelope):
+        """The handler through the pipeline, as the cause of what it sends; a chain or group
+        member also advances its workflow (in the caller's transaction)."""
+        token = current_envelope.set(envelope)
+        try:
+            result = self.pipeline.run(message, HandlerContext(envelope=envelope, handler=spec))
+            if envelope.workflow:
+                workflows().member_succeeded(envelope, _jsonable(result))
+            return result
+        finally:
+            current_envelope.reset(token)
 
     def _run_unrecorded(self, spec, message, envelope, *, raise_errors: bool) -> Outcome:
         """RECORD_HISTORY off, not ExactlyOnce: the handler in its transaction, no inbox row.
@@ -117,13 +123,7 @@ class Dispatcher:
             if envelope.attempt > self.max_attempts(message):
                 raise AttemptsExhausted(f"delivered {envelope.attempt} times without settling")
             with transaction.atomic():
-                token = current_envelope.set(envelope)
-                try:
-                    result = self.pipeline.run(message, HandlerContext(envelope=envelope, handler=spec))
-                    if envelope.workflow:
-                        workflows().member_succeeded(envelope, _jsonable(result))
-                finally:
-                    current_envelope.reset(token)
+                result = self._invoke(spec, message, envelope)
             return Outcome(ACK, result=result)
         except Exception as exc:
             if raise_errors:

@@ -77,36 +77,34 @@ def _conversation(workflow_id: str) -> str:
     return envelope.correlation_id if envelope else workflow_id
 
 
-@transaction.atomic
-def chain(*commands: Command) -> WorkflowHandle:
+def _create(kind: str, commands: Sequence[Command], **fields) -> Workflow:
     if not commands:
-        raise ValueError("a chain needs at least one command")
+        raise ValueError(f"a {kind} needs at least one command")
     workflow_id = new_id()
-    row = Workflow.objects.create(
+    return Workflow.objects.create(
         id=workflow_id,
-        kind=Workflow.Kind.CHAIN,
+        kind=kind,
         members=[_stored(c) for c in commands],
         correlation_id=_conversation(workflow_id),
+        **fields,
     )
+
+
+@transaction.atomic
+def chain(*commands: Command) -> WorkflowHandle:
+    row = _create(Workflow.Kind.CHAIN, commands, next_index=1)
     _send(row, 0, row.members[0])
-    row.next_index = 1
-    row.save(update_fields=["next_index"])
     return WorkflowHandle(row.pk)
 
 
 @transaction.atomic
 def group(commands: Sequence[Command], *, callback: Command | None = None) -> WorkflowHandle:
-    if not commands:
-        raise ValueError("a group needs at least one command")
-    workflow_id = new_id()
-    row = Workflow.objects.create(
-        id=workflow_id,
-        kind=Workflow.Kind.GROUP,
-        members=[_stored(c) for c in commands],
+    row = _create(
+        Workflow.Kind.GROUP,
+        commands,
         callback=_stored(callback) if callback is not None else None,
         remaining=len(commands),
         results=[None] * len(commands),
-        correlation_id=_conversation(workflow_id),
     )
     for index, member in enumerate(row.members):
         _send(row, index, member)
