@@ -63,6 +63,15 @@ def on_starting(server) -> None:
         path.unlink()
 
 
+def post_worker_init(worker) -> None:
+    """Connect this worker's NATS publisher before it serves, so its first request or probe need not wait."""
+    from apps.mediator.runtime import get_mediator
+
+    connect = getattr(get_mediator().transport, "connect_in_background", None)
+    if connect is not None:
+        connect()
+
+
 def child_exit(server, worker) -> None:
     """Tell prometheus_client a worker is gone, so its live gauges stop counting."""
     if _multiproc_dir() is None:

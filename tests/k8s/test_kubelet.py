@@ -801,8 +801,9 @@ def terminate(kubelet: Kubelet, running: Running, client: socket.socket | None) 
                 probe = running.spec[kind]["httpGet"]
                 port = container_port(running.spec, probe["port"])
                 time.sleep(0.5)
-                status, _ = http_get(running.pod.ports[port], probe["path"], host=f"{POD_IP}:{port}", timeout=3)
-                notes.append(f"{kind} {status} during preStop")
+                status, body = http_get(running.pod.ports[port], probe["path"], host=f"{POD_IP}:{port}", timeout=3)
+                why = "" if status == 200 else f" ({body[:300]!r})"
+                notes.append(f"{kind} {status} during preStop{why}")
             hook_done.result(timeout=grace)
     if running.spec["name"] == "web":  # keeps serving while endpoints and proxies drop the pod
         assert notes and all(" 200 " in note for note in notes), notes

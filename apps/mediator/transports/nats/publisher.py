@@ -76,6 +76,10 @@ class NatsTransport(Transport):
             self._connected = asyncio.Event()
             self._connected.set()
 
+    def connect_in_background(self) -> None:
+        """Start connecting now (gunicorn's post_worker_init), not on the first publish or probe."""
+        self._ensure_loop()
+
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None or self._pid != os.getpid():
@@ -203,14 +207,20 @@ class NatsTransport(Transport):
 
         Answers within `timeout` whatever NATS does; the first call starts the connection.
         """
-        future = asyncio.run_coroutine_threadsafe(self._probe(), self._ensure_loop())
+        future = asyncio.run_coroutine_threadsafe(self._probe(timeout / 2), self._ensure_loop())
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
             return [f"NATS did not answer within {timeout:g}s"]
 
-    async def _probe(self) -> list[str]:
+    async def _probe(self, connect_budget: float) -> list[str]:
+        if self._nc is None:
+            # This process's first connection may be on its way (a new gunicorn worker, one
+            # recycled by max_requests): answering "not connected" before it had a chance
+            # would flap the pod's readiness whenever the probe lands on such a worker.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._connected.wait(), connect_budget)
         if self._nc is None or not self._nc.is_connected:
             return ["not connected to NATS"]
         missing = []
