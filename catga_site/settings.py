@@ -137,6 +137,9 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's backend, with a transaction's outbox rows written in one INSERT.
+    DATABASES["default"]["ENGINE"] = "apps.mediator.backends.postgresql"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server and the in-process handlers write from several threads;
     # waiting for the lock beats failing with "database is locked".
@@ -224,6 +227,9 @@ CATGA = {
     "METRICS_INTERVAL": float(os.environ.get("CATGA_METRICS_INTERVAL", "15")),
     "ACK_WAIT": float(os.environ.get("CATGA_ACK_WAIT", "30")),
     "RECORD_HISTORY": env_bool("CATGA_RECORD_HISTORY", True),
+    "GROUP_COMMIT": float(os.environ.get("CATGA_GROUP_COMMIT", "0.02")),
+    "FETCH_BATCH": int(os.environ.get("CATGA_FETCH_BATCH", "64")),
+    "PREFETCH_MULTIPLIER": int(os.environ.get("CATGA_PREFETCH_MULTIPLIER", "4")),
     "CONTEXTS": {
         "orders": "apps.orders.handlers",
         "inventory": "apps.inventory.handlers",

@@ -40,6 +40,8 @@ FETCH_BATCH         Most messages fetched per pull request.
 PREFETCH_MULTIPLIER Messages in flight per handler thread (Celery's worker_prefetch_multiplier):
                     a thread takes its share of a fetched batch in one hand-off. 1 gives
                     a slow handler's neighbours no wait behind it, at more cost per message.
+GROUP_COMMIT        Seconds a handler thread may keep adding deliveries to one transaction
+                    (a group commit: one disk flush for several). 0 commits each on its own.
 CONNECT_ATTEMPTS    Tries to reach NATS at start-up before run_consumer gives up.
 PUBLISH_TIMEOUT     Seconds to wait for JetStream's ack of a publish.
 RELAY_INTERVAL      Seconds between outbox relay sweeps.
@@ -91,6 +93,7 @@ DEFAULTS = {
     "CONCURRENCY": 8,
     "FETCH_BATCH": 64,
     "PREFETCH_MULTIPLIER": 4,
+    "GROUP_COMMIT": 0.02,
     "CONNECT_ATTEMPTS": 5,
     "PUBLISH_TIMEOUT": 5.0,
     "RELAY_INTERVAL": 1.0,

@@ -6,12 +6,13 @@ turns that outcome into its own acknowledgement; the decision is made here, once
 """
 
 import random
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from django.db import OperationalError, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from apps.mediator import codec, history
@@ -76,6 +77,146 @@ class Dispatcher:
             if matching:
                 return max(matching, key=lambda o: o.delay)
         return outcomes[0] if len(outcomes) == 1 else Outcome(ACK)
+
+    def handle_many(self, calls: list[tuple[tuple, dict]], wanted=lambda index: True) -> list[Outcome | None]:
+        """Several deliveries, the `(args, kwargs)` of `handle`, committed together where they can be.
+
+        A group commit (PostgreSQL): the deliveries a handler thread took in one hand-off
+        run in one transaction, with one statement to claim their inbox records and one to
+        record their successes, and one commit (one disk flush) for all. Each still has its
+        own effects, inbox record and history, and each is acknowledged after the commit.
+
+        What cannot simply succeed ends the group before it and is handled on its own, as
+        `handle` does. A handler that raises rolls its group back: its failure is recorded
+        as `run` records it, and the deliveries before it run again as a group, so a
+        handler may run again after a rollback, as at-least-once redelivery may run it
+        anyway. A group closes after GROUP_COMMIT seconds, so a slow handler holds back few
+        acknowledgements. A call no longer `wanted` (the worker gave up waiting for it) is
+        not started; its outcome is None.
+        """
+        outcomes: list[Outcome | None] = [None] * len(calls)
+        if catga_settings.GROUP_COMMIT <= 0 or connection.vendor != "postgresql":
+            for index, (args, kwargs) in enumerate(calls):
+                if wanted(index):
+                    outcomes[index] = self.handle(*args, **kwargs)
+            return outcomes
+        settled = [False] * len(calls)
+        start = 0
+        while start < len(calls):
+            if settled[start] or not wanted(start):
+                start += 1
+                continue
+            end = start + 1
+            while end < len(calls) and not settled[end]:
+                end += 1
+            start = self._group(calls, start, end, wanted, outcomes, settled)
+        return outcomes
+
+    def _group(self, calls, start: int, end: int, wanted, outcomes: list, settled: list) -> int:
+        """Settle calls from `start` (up to `end`) in one transaction; returns where the next group starts."""
+        plain = []  # (index, envelope, message, specs)
+        seen = set()
+        for index in range(start, end):
+            (envelope, body), kwargs = calls[index]
+            message = self._decoded(envelope, body)
+            if message is None:
+                break
+            specs = self.registry.handlers_for(type(message), kwargs.get("context"))
+            if not specs and message.kind is not Kind.EVENT:
+                break
+            if envelope.id in seen:  # a second copy in one transaction would take the same lock again
+                break
+            seen.add(envelope.id)
+            plain.append((index, envelope, message, specs))
+        if len(plain) < 2:
+            args, kwargs = calls[start]
+            outcomes[start], settled[start] = self.handle(*args, **kwargs), True
+            return start + 1
+        closes = time.monotonic() + catga_settings.GROUP_COMMIT
+        done: list[tuple[int, Outcome]] = []
+        failure = None
+        with transaction.atomic():
+            plain = self._claimed(plain)
+            succeeded = []
+            for index, envelope, message, specs, claims in plain:
+                if done and (time.monotonic() >= closes or not wanted(index)):
+                    break
+                results = []
+                for spec, claim in zip(specs, claims, strict=True):
+                    if claim is not None and claim.status in (Delivery.Status.SUCCEEDED, Delivery.Status.DEAD):
+                        results.append(Outcome(ACK, result=claim.result, duplicate=True))
+                        continue
+                    started = timezone.now()
+                    try:
+                        result = self._invoke(spec, message, envelope)
+                    except Exception as exc:
+                        failure = (index, envelope, message, specs, spec, exc, started)
+                        break
+                    if claim is not None:
+                        succeeded.append((claim, envelope.attempt, started, timezone.now(), _jsonable(result)))
+                    results.append(Outcome(ACK, result=result))
+                if failure is not None:
+                    transaction.set_rollback(True)
+                    break
+                done.append((index, results[0] if len(results) == 1 else Outcome(ACK)))
+            if failure is None and succeeded:
+                history.succeeded_many(succeeded)
+        if failure is not None:
+            index, envelope, message, specs, spec, exc, started = failure
+            if len(specs) == 1:  # recorded as `run` records a failure, without running it again
+                outcomes[index] = self._failed(spec, message, envelope, exc, started)
+            else:
+                args, kwargs = calls[index]
+                outcomes[index] = self.handle(*args, **kwargs)
+            settled[index] = True
+            return start  # the ones before it, again
+        if not done:  # the first could not be claimed here: on its own
+            args, kwargs = calls[start]
+            outcomes[start], settled[start] = self.handle(*args, **kwargs), True
+            return start + 1
+        for index, outcome in done:
+            outcomes[index], settled[index] = outcome, True
+        return start + len(done)
+
+    def _decoded(self, envelope: Envelope, body: bytes) -> Message | None:
+        """The message, when nothing about it needs `handle`'s dead-letter path."""
+        if len(body) > catga_settings.MAX_BODY_BYTES:
+            return None
+        try:
+            message = codec.decode(envelope.type, body)
+        except (UndecodableMessage, ValidationFailed):
+            return None
+        if envelope.attempt > self.max_attempts(message):
+            return None
+        return message
+
+    def _claimed(self, plain: list) -> list:
+        """The leading run of `plain` whose inbox records are claimed and whose stored copy matches.
+
+        Each entry gains the claims of its handlers (None each for a delivery without inbox).
+        """
+        wanted = [
+            (envelope.id, spec.name, spec.context, timezone.now())
+            for _, envelope, _, specs in plain
+            if _inbox(envelope)
+            for spec in specs
+        ]
+        claims = iter(history.claim_many(wanted) if wanted else [])
+        claimed = []
+        for index, envelope, message, specs in plain:
+            if not _inbox(envelope):
+                claimed.append((index, envelope, message, specs, [None] * len(specs)))
+                continue
+            mine = [next(claims) for _ in specs]
+            stored = mine[0] if mine else None
+            if stored is not None and (
+                stored.stored_type is None  # no row: `handle` stores what arrived
+                or not all(claim.locked for claim in mine)  # handled elsewhere right now
+                or _forged(stored, envelope, message)
+            ):
+                break
+            claimed.append((index, envelope, message, specs, mine))
+        return claimed
 
     def run(self, spec: HandlerSpec, message: Message, envelope: Envelope, *, raise_errors: bool = False) -> Outcome:
         """One handler, one attempt, in one transaction with its inbox record."""
@@ -201,6 +342,13 @@ class Dispatcher:
                 envelope, "(decode)", "", status=Delivery.Status.DEAD, started=now, error=reason, tb=""
             )
         return Outcome(DEAD, reason=reason)
+
+
+def _forged(claim: history.Claim, envelope: Envelope, message: Message) -> bool:
+    if claim.stored_type == envelope.type and claim.stored_payload == codec.to_payload(message):
+        return False  # the common case, without building the stored message
+    stored = MessageRow(id=envelope.id, type=claim.stored_type, payload=claim.stored_payload)
+    return bool(_not_the_stored(stored, envelope, message))
 
 
 def _not_the_stored(stored: MessageRow, envelope: Envelope, message: Message) -> str:

@@ -5,7 +5,8 @@ thread and back. One hand-off per message costs more than a no-op handler: a
 thread wake-up, a future, a GIL switch, a database health check. The pool keeps
 what is waiting in one queue and gives each idle thread its share in one go: with
 more messages in flight than threads (CATGA["PREFETCH_MULTIPLIER"]), a thread runs
-a few deliveries, each still in its own transaction, for one hand-off.
+a few deliveries for one hand-off. Jobs submitted with the same `group` callable
+run through it together (the dispatcher's group commit: one transaction for them).
 
 A job that runs past its timeout keeps its thread (Python cannot stop it); the
 jobs queued behind it in that thread go back to the queue for the other threads.
@@ -28,12 +29,13 @@ _thread = threading.local()
 class Job:
     """One call, queued for a handler thread; `future` resolves on the event loop."""
 
-    __slots__ = ("args", "func", "future", "kwargs", "owner", "started")
+    __slots__ = ("args", "func", "future", "group", "kwargs", "owner", "started", "withdrawn")
 
-    def __init__(self, func, args, kwargs, future):
-        self.func, self.args, self.kwargs, self.future = func, args, kwargs, future
+    def __init__(self, func, args, kwargs, future, group=None):
+        self.func, self.args, self.kwargs, self.future, self.group = func, args, kwargs, future, group
         self.started: float | None = None  # time.monotonic() when its thread began it
         self.owner: list | None = None  # the chunk that may run it
+        self.withdrawn = False  # timed out before its group reached it: not to be started
 
 
 class HandlerPool:
@@ -46,8 +48,10 @@ class HandlerPool:
         self._lock = threading.Lock()  # who runs a job: its chunk's thread, or the queue again
         self._scheduled = False
 
-    def submit(self, func, *args, **kwargs) -> Job:
-        job = Job(func, args, kwargs, self.loop.create_future())
+    def submit(self, func, *args, group=None, **kwargs) -> Job:
+        """Queue `func(*args, **kwargs)`; with `group`, jobs of the same group that one thread
+        takes together run as `group([(args, kwargs), ...])`, which returns their results."""
+        job = Job(func, args, kwargs, self.loop.create_future(), group)
         self._queue.append(job)
         self._schedule()
         return job
@@ -55,6 +59,7 @@ class HandlerPool:
     def requeue_waiting(self, job: Job) -> None:
         """`job` ran past its timeout: the jobs waiting behind it in its thread go to other threads."""
         with self._lock:
+            job.withdrawn = True  # in a group, waiting behind a stuck group-mate: never to start
             chunk = job.owner or []
             waiting = [j for j in chunk if j.started is None and j.owner is chunk]
             for j in waiting:
@@ -105,22 +110,47 @@ class HandlerPool:
             _thread.hygiene_at = now
             close_old_connections()
         try:
-            for job in chunk:
+            index = 0
+            while index < len(chunk):
+                job = chunk[index]
+                together = [job]
+                if job.group is not None:
+                    while index + len(together) < len(chunk) and chunk[index + len(together)].group == job.group:
+                        together.append(chunk[index + len(together)])
+                index += len(together)
                 with self._lock:
-                    if job.owner is not chunk:
-                        continue  # handed to another thread while this one was stuck
-                    job.started = time.monotonic()
-                try:
-                    result = job.func(*job.args, **job.kwargs)
-                except BaseException as exc:  # delivered to the awaiting coroutine
-                    self.loop.call_soon_threadsafe(_resolve, job.future, None, exc)
-                else:
-                    self.loop.call_soon_threadsafe(_resolve, job.future, result, None)
+                    # Not those handed to another thread while this one was stuck.
+                    together = [j for j in together if j.owner is chunk]
+                    now = time.monotonic()
+                    for j in together:
+                        j.started = now
+                if len(together) > 1:
+                    self._run_group(together)
+                elif together:
+                    self._run_one(together[0])
                 if connection.errors_occurred:
                     close_old_connections()  # a broken connection is not handed to the next job
         finally:
             if connection.errors_occurred:
                 close_old_connections()
+
+    def _run_one(self, job: Job) -> None:
+        try:
+            result = job.func(*job.args, **job.kwargs)
+        except BaseException as exc:  # delivered to the awaiting coroutine
+            self.loop.call_soon_threadsafe(_resolve, job.future, None, exc)
+        else:
+            self.loop.call_soon_threadsafe(_resolve, job.future, result, None)
+
+    def _run_group(self, jobs: list[Job]) -> None:
+        try:
+            results = jobs[0].group([(job.args, job.kwargs) for job in jobs], lambda i: not jobs[i].withdrawn)
+        except BaseException as exc:
+            for job in jobs:
+                self.loop.call_soon_threadsafe(_resolve, job.future, None, exc)
+        else:
+            for job, result in zip(jobs, results, strict=True):
+                self.loop.call_soon_threadsafe(_resolve, job.future, result, None)
 
 
 def _resolve(future, result, exc) -> None:

@@ -4,6 +4,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+from dataclasses import dataclass
 
 import msgspec
 from django.db import connection
@@ -63,10 +64,52 @@ def store_outgoing(envelope: Envelope, payload, *, status: str = Message.Status.
     than compiled by the ORM each time (Model.save costs twice the database's own time here;
     no signal listens on Message). The values still go through each field's own preparation.
     """
+    buffered = getattr(connection, "catga_outbox", None)
+    if buffered is not None and connection.in_atomic_block:
+        buffered.append(_outbox_record(envelope, payload, status))  # written before the next statement
+        return
     row = message_row(envelope, payload, status=status)
     sql, fields = _outbox_insert(connection.vendor)
     with connection.cursor() as cursor:
         cursor.execute(sql, [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields])
+
+
+def _outbox_record(envelope: Envelope, payload, status: str) -> dict:
+    """`message_row`'s columns as JSON-ready values, for `insert_outgoing`."""
+    headers = {}
+    if envelope.traceparent:
+        headers["traceparent"] = envelope.traceparent
+    if envelope.workflow:
+        headers["workflow"] = envelope.workflow
+    return {
+        "id": envelope.id,
+        "type": _fit(printable(envelope.type), "type"),
+        "kind": envelope.kind.value,
+        "context": _fit(_context_of(envelope), "context"),
+        "correlation_id": envelope.correlation_id,
+        "causation_id": envelope.causation_id or "",
+        "qos": envelope.qos.value,
+        "status": status,
+        "payload": payload,
+        "headers": headers,
+        "created_at": _ts(envelope.created_at),
+        "available_at": _ts(envelope.not_before),
+    }
+
+
+def insert_outgoing(records: list[dict], using) -> None:
+    """Write buffered outbox rows in one statement (PostgreSQL; see apps.mediator.backends.postgresql)."""
+    quote = using.ops.quote_name
+    with using.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(Message._meta.db_table)} (id, type, kind, context, correlation_id, "  # noqa: S608
+            "causation_id, qos, status, payload, headers, created_at, available_at, published_at, "
+            "publish_attempts, last_error) SELECT id, type, kind, context, correlation_id, causation_id, qos, "
+            "status, payload, headers, created_at, available_at, NULL, 0, '' FROM json_to_recordset(%s::json) "
+            "AS r (id text, type text, kind text, context text, correlation_id text, causation_id text, "
+            "qos text, status text, payload jsonb, headers jsonb, created_at timestamptz, available_at timestamptz)",
+            [msgspec.json.encode(records).decode()],
+        )
 
 
 @functools.cache
@@ -214,6 +257,108 @@ def _pg_claim(message_id: str, handler: str, context: str, started: dt.datetime)
         first_started_at=first_started_at,
     )
     return delivery
+
+
+@dataclass(slots=True)
+class Claim:
+    """What `claim_many` found for one (message, handler): the lock, the stored message, the record."""
+
+    message_id: str
+    handler: str
+    context: str
+    locked: bool
+    stored_type: str | None  # None: the message has no row
+    stored_payload: object
+    status: str | None  # of the delivery record; None: not stored yet
+    result: object
+    first_started_at: dt.datetime
+
+
+def claim_many(items: list[tuple[str, str, str, dt.datetime]]) -> list[Claim]:
+    """`ensure_received`'s read and `inbox_claim` for several (message id, handler, context, started) at once.
+
+    PostgreSQL only (the group commit): one round trip takes every advisory lock it can
+    and reads each stored message and delivery record. Nothing is written.
+    """
+    quote = connection.ops.quote_name
+    messages, deliveries = quote(Message._meta.db_table), quote(Delivery._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_try_advisory_xact_lock(x.key), m.type, m.payload, d.status, d.result, "  # noqa: S608
+            "d.first_started_at, d.context "
+            "FROM unnest(%s::int[], %s::text[], %s::text[], %s::bigint[]) AS x(ord, mid, handler, key) "
+            f"LEFT JOIN {messages} AS m ON m.id = x.mid "
+            f"LEFT JOIN {deliveries} AS d ON d.message_id = x.mid AND d.handler = x.handler ORDER BY x.ord",
+            [
+                list(range(len(items))),
+                [message_id for message_id, *_ in items],
+                [handler for _, handler, *_ in items],
+                [_lock_key(message_id, handler) for message_id, handler, *_ in items],
+            ],
+        )
+        rows = cursor.fetchall()
+    claims = []
+    for (message_id, handler, context, started), row in zip(items, rows, strict=True):
+        locked, stored_type, payload, status, result, first_started_at, stored_context = row
+        claims.append(
+            Claim(
+                message_id=message_id,
+                handler=handler,
+                context=stored_context if status is not None else context,
+                locked=bool(locked),
+                stored_type=stored_type,
+                stored_payload=json.loads(payload) if isinstance(payload, str) else payload,
+                status=status,
+                result=json.loads(result) if isinstance(result, str) else result,
+                first_started_at=first_started_at or started,
+            )
+        )
+    return claims
+
+
+def succeeded_many(items: list[tuple[Claim, int, dt.datetime, dt.datetime, object]]) -> None:
+    """`inbox_succeeded` for several (claim, attempt, started, finished, result) in one statement (PostgreSQL).
+
+    The rows travel as one JSON document (json_to_recordset): psycopg's quoting of
+    array elements cost more than everything else about the statement.
+    """
+    quote = connection.ops.quote_name
+    deliveries, messages = quote(Delivery._meta.db_table), quote(Message._meta.db_table)
+    rows = [
+        {
+            "message_id": claim.message_id,
+            "handler": claim.handler,
+            "context": claim.context,
+            "attempts": max(1, attempt),
+            "first_started_at": claim.first_started_at,
+            "started_at": started,
+            "finished_at": finished,
+            "duration_ms": (finished - started).total_seconds() * 1000,
+            "result": result,
+            "attempt_log": [log_entry(attempt, started, finished, "succeeded")],
+        }
+        for claim, attempt, started, finished, result in items
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "WITH v AS (SELECT * FROM json_to_recordset(%s::json) AS v (message_id text, handler text, "  # noqa: S608
+            "context text, attempts int, first_started_at timestamptz, started_at timestamptz, "
+            "finished_at timestamptz, duration_ms float8, result jsonb, attempt_log jsonb)), "
+            f"upsert AS (INSERT INTO {deliveries} AS d (message_id, handler, context, status, attempts, "
+            "first_started_at, started_at, finished_at, duration_ms, error, traceback, result, attempt_log) "
+            "SELECT message_id, handler, context, %s, attempts, first_started_at, started_at, finished_at, "
+            "duration_ms, '', '', result, attempt_log FROM v "
+            "ON CONFLICT (message_id, handler) DO UPDATE SET status = EXCLUDED.status, "
+            "attempts = GREATEST(d.attempts + 1, EXCLUDED.attempts), started_at = EXCLUDED.started_at, "
+            "finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms, error = '', "
+            "result = EXCLUDED.result, attempt_log = d.attempt_log || EXCLUDED.attempt_log) "
+            f"UPDATE {messages} SET status = %s WHERE id IN (SELECT message_id FROM v)",
+            [
+                msgspec.json.encode(rows).decode(),
+                Delivery.Status.SUCCEEDED.value,
+                Message.Status.HANDLED.value,
+            ],
+        )
 
 
 def _pg_succeeded(delivery, attempt, started, finished, duration_ms, result, entry) -> None:

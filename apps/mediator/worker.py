@@ -272,7 +272,9 @@ class Worker:
         Python cannot kill, is returned as a stray so its slot stays taken until it ends.
         Should it still commit, its effects are guarded by the inbox: the retry skips them.
         """
-        job = self.pool.submit(self.dispatcher.handle, envelope, msg.data, context=durable.context)
+        job = self.pool.submit(
+            self.dispatcher.handle, envelope, msg.data, context=durable.context, group=self.dispatcher.handle_many
+        )
         future = job.future
         cls = message_type(envelope.type)
         timeout = (cls.options.timeout if cls is not None else None) or catga_settings.HANDLER_TIMEOUT

@@ -6,6 +6,7 @@ from collections import Counter
 import nats
 
 from apps.inventory.models import Item, Reservation
+from apps.mediator.models import SagaState
 from apps.orders.models import Order
 from apps.payments.models import Payment
 from tests.integration.conftest import wait_until
@@ -20,11 +21,17 @@ def place(api, lines, token="tok_visa"):
 
 
 def final_status(order_id, timeout=30):
+    """The order once it left pending and its saga settled (the saga completes on OrderConfirmed,
+    a message after the one that confirmed the order)."""
+
     def done():
         order = Order.objects.get(pk=order_id)
-        return order if order.status != "pending" else None
+        if order.status == "pending":
+            return None
+        saga = SagaState.objects.filter(correlation_id=order.correlation_id).first()
+        return order if saga is None or saga.status not in ("running", "compensating") else None
 
-    return wait_until(done, timeout=timeout, message=f"order {order_id} to leave pending")
+    return wait_until(done, timeout=timeout, message=f"order {order_id} to leave pending, its saga to settle")
 
 
 def js_call(url, coro_factory):
