@@ -5,6 +5,7 @@ Outcome (ack, retry after a delay, or dead with a reason). The transport only
 turns that outcome into its own acknowledgement; the decision is made here, once.
 """
 
+import logging
 import random
 import time
 import traceback
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from django.db import OperationalError, connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from apps.mediator import codec, history
@@ -28,6 +29,8 @@ from apps.mediator.pipeline import HandlerContext, Pipeline
 from apps.mediator.registry import HandlerSpec, Registry
 
 ACK, RETRY, DEAD = "ack", "retry", "dead"
+
+logger = logging.getLogger("catga.worker")
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,30 @@ class Dispatcher:
             args, kwargs = calls[start]
             outcomes[start], settled[start] = self.handle(*args, **kwargs), True
             return start + 1
+        try:
+            done, failure = self._in_one_transaction(plain, wanted)
+        except DatabaseError:  # the group's own statements (a deadlock, a lost connection): one by one
+            logger.warning("a group commit failed; handling its deliveries one by one", exc_info=True)
+            done, failure = [], None
+        if failure is not None:
+            index, envelope, message, specs, spec, exc, started = failure
+            if len(specs) == 1:  # recorded as `run` records a failure, without running it again
+                outcomes[index] = self._failed(spec, message, envelope, exc, started)
+            else:
+                args, kwargs = calls[index]
+                outcomes[index] = self.handle(*args, **kwargs)
+            settled[index] = True
+            return start  # the ones before it, again
+        if not done:  # the first could not be claimed here: on its own
+            args, kwargs = calls[start]
+            outcomes[start], settled[start] = self.handle(*args, **kwargs), True
+            return start + 1
+        for index, outcome in done:
+            outcomes[index], settled[index] = outcome, True
+        return start + len(done)
+
+    def _in_one_transaction(self, plain: list, wanted) -> tuple[list[tuple[int, Outcome]], tuple | None]:
+        """Claim, run and record `plain` in one transaction; (what succeeded, the failure that rolled it back)."""
         closes = time.monotonic() + catga_settings.GROUP_COMMIT
         done: list[tuple[int, Outcome]] = []
         failure = None
@@ -161,22 +188,7 @@ class Dispatcher:
                 done.append((index, results[0] if len(results) == 1 else Outcome(ACK)))
             if failure is None and succeeded:
                 history.succeeded_many(succeeded)
-        if failure is not None:
-            index, envelope, message, specs, spec, exc, started = failure
-            if len(specs) == 1:  # recorded as `run` records a failure, without running it again
-                outcomes[index] = self._failed(spec, message, envelope, exc, started)
-            else:
-                args, kwargs = calls[index]
-                outcomes[index] = self.handle(*args, **kwargs)
-            settled[index] = True
-            return start  # the ones before it, again
-        if not done:  # the first could not be claimed here: on its own
-            args, kwargs = calls[start]
-            outcomes[start], settled[start] = self.handle(*args, **kwargs), True
-            return start + 1
-        for index, outcome in done:
-            outcomes[index], settled[index] = outcome, True
-        return start + len(done)
+        return ([] if failure else done), failure
 
     def _decoded(self, envelope: Envelope, body: bytes) -> Message | None:
         """The message, when nothing about it needs `handle`'s dead-letter path."""

@@ -134,9 +134,20 @@ def mark_published(ids: list[str]) -> None:
     """
     if not recording() and _delete_published(ids) == len(ids):
         return
-    Message.objects.filter(pk__in=ids, status=Message.Status.PENDING).update(
-        status=Message.Status.PUBLISHED, published_at=timezone.now()
-    )
+    if connection.vendor != "postgresql":
+        Message.objects.filter(pk__in=ids, status=Message.Status.PENDING).update(
+            status=Message.Status.PUBLISHED, published_at=timezone.now()
+        )
+        return
+    # Rows locked in id order, as the consumers' group commit locks them: two statements
+    # updating several of the same rows in different orders would deadlock.
+    table = connection.ops.quote_name(Message._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET status = %s, published_at = %s WHERE id IN (SELECT id FROM {table} "  # noqa: S608
+            "WHERE id = ANY(%s) AND status = %s ORDER BY id FOR UPDATE)",
+            [Message.Status.PUBLISHED.value, timezone.now(), list(ids), Message.Status.PENDING.value],
+        )
 
 
 def _delete_published(ids: list[str]) -> int:
@@ -351,8 +362,10 @@ def succeeded_many(items: list[tuple[Claim, int, dt.datetime, dt.datetime, objec
             "ON CONFLICT (message_id, handler) DO UPDATE SET status = EXCLUDED.status, "
             "attempts = GREATEST(d.attempts + 1, EXCLUDED.attempts), started_at = EXCLUDED.started_at, "
             "finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms, error = '', "
-            "result = EXCLUDED.result, attempt_log = d.attempt_log || EXCLUDED.attempt_log) "
-            f"UPDATE {messages} SET status = %s WHERE id IN (SELECT message_id FROM v)",
+            "result = EXCLUDED.result, attempt_log = d.attempt_log || EXCLUDED.attempt_log), "
+            # In id order, as mark_published locks them (different orders would deadlock).
+            f"locked AS (SELECT id FROM {messages} WHERE id IN (SELECT message_id FROM v) ORDER BY id FOR UPDATE) "
+            f"UPDATE {messages} SET status = %s WHERE id IN (SELECT id FROM locked)",
             [
                 msgspec.json.encode(rows).decode(),
                 Delivery.Status.SUCCEEDED.value,
