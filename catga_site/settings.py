@@ -230,6 +230,7 @@ CATGA = {
     "GROUP_COMMIT": float(os.environ.get("CATGA_GROUP_COMMIT", "0.02")),
     "FETCH_BATCH": int(os.environ.get("CATGA_FETCH_BATCH", "64")),
     "PREFETCH_MULTIPLIER": int(os.environ.get("CATGA_PREFETCH_MULTIPLIER", "4")),
+    "PREFETCH_SECONDS": float(os.environ.get("CATGA_PREFETCH_SECONDS", "0.25")),
     "CONTEXTS": {
         "orders": "apps.orders.handlers",
         "inventory": "apps.inventory.handlers",

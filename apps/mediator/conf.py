@@ -40,6 +40,9 @@ FETCH_BATCH         Most messages fetched per pull request.
 PREFETCH_MULTIPLIER Messages in flight per handler thread (Celery's worker_prefetch_multiplier):
                     a thread takes its share of a fetched batch in one hand-off. 1 gives
                     a slow handler's neighbours no wait behind it, at more cost per message.
+PREFETCH_SECONDS    With fast handlers, more messages in flight than CONCURRENCY x PREFETCH_MULTIPLIER:
+                    as many as the process handles in this many seconds (the most work it
+                    holds back from other replicas), up to 4 x FETCH_BATCH.
 GROUP_COMMIT        Seconds a handler thread may keep adding deliveries to one transaction
                     (a group commit: one disk flush for several). 0 commits each on its own.
 CONNECT_ATTEMPTS    Tries to reach NATS at start-up before run_consumer gives up.
@@ -93,6 +96,7 @@ DEFAULTS = {
     "CONCURRENCY": 8,
     "FETCH_BATCH": 64,
     "PREFETCH_MULTIPLIER": 4,
+    "PREFETCH_SECONDS": 0.25,
     "GROUP_COMMIT": 0.02,
     "CONNECT_ATTEMPTS": 5,
     "PUBLISH_TIMEOUT": 5.0,

@@ -13,6 +13,7 @@ jobs queued behind it in that thread go back to the queue for the other threads.
 """
 
 import collections
+import functools
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from django.db import close_old_connections, connection, reset_queries
 
 logger = logging.getLogger("catga.worker")
 
+FAST_JOB = 0.002  # seconds per job under which one thread takes every job waiting
 HYGIENE_INTERVAL = 1.0  # seconds between a thread's close_old_connections() while it is busy
 _thread = threading.local()
 
@@ -47,6 +49,8 @@ class HandlerPool:
         self._queue: collections.deque[Job] = collections.deque()
         self._lock = threading.Lock()  # who runs a job: its chunk's thread, or the queue again
         self._scheduled = False
+        self.job_seconds = 1.0  # until measured: assume slow jobs, spread over the threads
+        self.jobs_done = 0
 
     def submit(self, func, *args, group=None, **kwargs) -> Job:
         """Queue `func(*args, **kwargs)`; with `group`, jobs of the same group that one thread
@@ -82,15 +86,24 @@ class HandlerPool:
         self._scheduled = False
         while self._queue and self.idle:
             share = -(-len(self._queue) // self.idle)
+            if self.job_seconds < FAST_JOB:
+                # Threads running fast jobs side by side only take turns on the GIL; one
+                # thread taking them all commits them in one transaction (a bigger group).
+                share = len(self._queue)
             chunk = [self._queue.popleft() for _ in range(min(share, len(self._queue)))]
             with self._lock:
                 for job in chunk:
                     job.owner = chunk
             self.idle -= 1
-            self.loop.run_in_executor(self.executor, self._run_chunk, chunk).add_done_callback(self._chunk_done)
+            self.loop.run_in_executor(self.executor, self._run_chunk, chunk).add_done_callback(
+                functools.partial(self._chunk_done, len(chunk), time.monotonic())
+            )
 
-    def _chunk_done(self, future) -> None:
+    def _chunk_done(self, jobs: int, began: float, future) -> None:
         self.idle += 1
+        self.jobs_done += jobs
+        # A moving average of the time per job (hand-off included), which sizes the chunks.
+        self.job_seconds += 0.2 * ((time.monotonic() - began) / jobs - self.job_seconds)
         if not future.cancelled() and future.exception() is not None:
             logger.error("a handler thread failed outside any handler", exc_info=future.exception())
         self._dispatch()

@@ -56,8 +56,16 @@ class Slots:
     """Free handler slots shared by every subscription of the process."""
 
     def __init__(self, size: int):
-        self.free = size
+        self.size = self.free = size
         self._changed = asyncio.Condition()
+
+    async def resize(self, size: int) -> None:
+        """More or fewer slots from now on (taken ones come back as they are given)."""
+        if size != self.size:
+            async with self._changed:
+                self.free += size - self.size
+                self.size = size
+                self._changed.notify_all()
 
     async def take(self, most: int) -> int:
         async with self._changed:
@@ -91,6 +99,7 @@ class Worker:
         self.health_port = health_port
         self.relay = relay
         self.state = WorkerState()
+        self._rate_at, self._done_at, self._recent = time.monotonic(), 0, 0  # for _in_flight_limit
         self.stop_event: asyncio.Event | None = None
         self._tasks: set[asyncio.Task] = set()
         self._messages: dict[asyncio.Task, object] = {}
@@ -190,6 +199,7 @@ class Worker:
         fair = max(1, -(-self.concurrency * catga_settings.PREFETCH_MULTIPLIER // len(self.subscriptions)))
         want = fair
         while not self.state.draining:
+            await self.slots.resize(self._in_flight_limit())
             taken = await self.slots.take(min(want, batch_max))
             got = []
             try:
@@ -206,6 +216,20 @@ class Worker:
             want = batch_max if got and len(got) == taken else fair
             await self.slots.give(taken - len(got))
             await asyncio.sleep(0)  # let subscriptions waiting for slots take them first
+
+    def _in_flight_limit(self) -> int:
+        """CONCURRENCY x PREFETCH_MULTIPLIER messages in flight, or more while handlers are fast:
+        as many as this process handled in the last PREFETCH_SECONDS, so what it holds back
+        from the other replicas is never more than that much work (and at most 4 x FETCH_BATCH)."""
+        now = time.monotonic()
+        window = catga_settings.PREFETCH_SECONDS
+        if now - self._rate_at >= window:
+            self._recent = self.pool.jobs_done - self._done_at
+            self._rate_at, self._done_at = now, self.pool.jobs_done
+            if now - self._rate_at > 2 * window:  # idle for a while: start from the base again
+                self._recent = 0
+        base = self.concurrency * catga_settings.PREFETCH_MULTIPLIER
+        return max(base, min(self._recent, 4 * catga_settings.FETCH_BATCH))
 
     def _spawn(self, durable, got: list, messages: list) -> None:
         got += messages
