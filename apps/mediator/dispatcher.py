@@ -131,7 +131,7 @@ class Dispatcher:
                 break
             seen.add(envelope.id)
             plain.append((index, envelope, message, specs))
-        if len(plain) < 2:
+        if not plain:
             args, kwargs = calls[start]
             outcomes[start], settled[start] = self.handle(*args, **kwargs), True
             return start + 1

@@ -137,8 +137,8 @@ class HandlerPool:
                     now = time.monotonic()
                     for j in together:
                         j.started = now
-                if len(together) > 1:
-                    self._run_group(together)
+                if together and job.group is not None:
+                    self._run_group(together)  # one alone too: the group's path is the shorter one
                 elif together:
                     self._run_one(together[0])
                 if connection.errors_occurred:
