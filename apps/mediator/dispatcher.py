@@ -236,7 +236,8 @@ class Dispatcher:
             return self._run_unrecorded(spec, message, envelope, raise_errors=raise_errors)
         started = timezone.now()
         try:
-            with transaction.atomic():
+            # A caller that takes the error (execute) rolls its own transaction back: no savepoint.
+            with transaction.atomic(savepoint=not raise_errors):
                 # A copy of this message still being handled elsewhere (a timed-out stray, a
                 # redelivery racing the original) makes this attempt fail fast (InboxBusy) and
                 # retry later, instead of parking a handler thread on a lock.

@@ -26,26 +26,28 @@ from apps.orders.models import Order
 from apps.orders.saga import OrderSaga
 
 
-def order_view(order: Order) -> OrderView:
+def order_view(order: Order, *, lines=None, saga: SagaView | None = None) -> OrderView:
+    """The order as the API shows it; `lines` and `saga` when the caller has them (no queries)."""
+    if lines is None:
+        lines = order.lines.all()
     return OrderView(
         id=order.id,
         customer_id=order.customer_id,
         status=order.status,
         reason=order.reason,
         total=order.total,
-        lines=tuple(
-            OrderLineOut(sku=li.sku, quantity=li.quantity, unit_price=li.unit_price) for li in order.lines.all()
-        ),
+        lines=tuple(OrderLineOut(sku=li.sku, quantity=li.quantity, unit_price=li.unit_price) for li in lines),
         correlation_id=order.correlation_id,
         created_at=order.created_at.isoformat(),
         updated_at=order.updated_at.isoformat(),
-        saga=saga_view(order),
+        saga=saga or saga_view(order),
         owner_id=order.owner_id,
     )
 
 
-def saga_view(order: Order) -> SagaView | None:
-    state = OrderSaga.state_for(order.correlation_id) if order.correlation_id else None
+def saga_view(order: Order, state=None) -> SagaView | None:
+    if state is None and order.correlation_id:
+        state = OrderSaga.state_for(order.correlation_id)
     if state is None:
         return None
     return SagaView(
@@ -71,7 +73,7 @@ def place_order(command: PlaceOrder, ctx) -> OrderView:
         correlation_id=ctx.correlation_id,
     )
     mediator.publish(OrderPlaced(order_id=order.id, customer_id=order.customer_id, total=order.total))
-    OrderSaga.start(
+    state = OrderSaga.start(
         {
             "order_id": order.id,
             "lines": [[li.sku, li.quantity] for li in command.lines],
@@ -79,7 +81,8 @@ def place_order(command: PlaceOrder, ctx) -> OrderView:
             "token": order.payment_token,
         }
     )
-    return order_view(order)
+    lines = [OrderLineOut(sku=li.sku, quantity=li.quantity, unit_price=items[li.sku].price) for li in command.lines]
+    return order_view(order, lines=lines, saga=saga_view(order, state))
 
 
 def confirm_order(command: ConfirmOrder, ctx) -> None:

@@ -7,7 +7,7 @@ from django.db import transaction
 from apps.orders.models import Order, OrderLine
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)  # all or nothing with its caller: no savepoint round trips
 def order_create(
     *,
     customer_id: str,
