@@ -339,11 +339,13 @@ def liveness_after(subscription, *, observe: float) -> tuple[bool, bool]:
     """Run a worker's fetch loop on `subscription`; (live at start, live after `observe` seconds)."""
 
     async def scenario():
+        from apps.mediator.handler_pool import HandlerPool
         from apps.mediator.worker import Slots
 
         worker = Worker(dispatcher=None, transport=None, contexts=["obslab"], concurrency=2)
         durable = Durable("obslab", "CATGA_CMD", "obslab_cmd", ("catga.obslab.cmd.>",))
         worker.slots = Slots(2)
+        worker.pool = HandlerPool(asyncio.get_running_loop(), 2)
         worker.subscriptions = [(durable, subscription)]
         health = HealthServer(worker)
         task = asyncio.create_task(worker._fetch_loop(durable, subscription))
