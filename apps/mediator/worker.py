@@ -223,11 +223,13 @@ class Worker:
         from the other replicas is never more than that much work (and at most 4 x FETCH_BATCH)."""
         now = time.monotonic()
         window = catga_settings.PREFETCH_SECONDS
-        if now - self._rate_at >= window:
-            self._recent = self.pool.jobs_done - self._done_at
+        elapsed = now - self._rate_at
+        if window <= 0:
+            self._recent = 0
+        elif elapsed >= window:
+            # Jobs per window, over however long it has been since the last reading.
+            self._recent = int((self.pool.jobs_done - self._done_at) * window / elapsed)
             self._rate_at, self._done_at = now, self.pool.jobs_done
-            if now - self._rate_at > 2 * window:  # idle for a while: start from the base again
-                self._recent = 0
         base = self.concurrency * catga_settings.PREFETCH_MULTIPLIER
         return max(base, min(self._recent, 4 * catga_settings.FETCH_BATCH))
 

@@ -46,6 +46,23 @@ def test_ids_are_unique_and_sort_by_creation_time():
     assert id_timestamp_ms(ids[5]) == 1_700_000_000_005
 
 
+def test_ids_drawn_after_a_fork_differ_from_the_parents():
+    """Random bytes are buffered per process: a forked child must not replay the parent's."""
+    import os
+
+    new_id()  # the parent's buffer is filled
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        os.write(write, "".join(new_id(now_ms=1) for _ in range(3)).encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    from_child = os.read(read, 200).decode()
+    os.close(read)
+    os.close(write)
+    assert from_child != "".join(new_id(now_ms=1) for _ in range(3))
+
+
 def test_message_types_have_a_stable_wire_name_subject_and_options():
     assert Brew.options.wire_name == "lab.Brew"
     assert Brew.kind is Kind.COMMAND and Brewed.kind is Kind.EVENT
