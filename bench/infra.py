@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,10 +28,25 @@ EXTRA_CONTEXTS = "bench=bench.noop_app.handlers"
 APP_TABLE_PREFIXES = ("mediator_", "orders_", "inventory_", "payments_")
 
 
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on, below the ephemeral range (32768-60999 on Linux): a port
+    the kernel hands out for outgoing connections may be taken again between this check and
+    the server binding it."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        if port in _given:  # handed out already, maybe not bound yet
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))  # noqa: S104 (what the servers bind)
+            except OSError:
+                continue
+            _given.add(port)
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def wait_until(predicate, *, timeout: float, interval: float = 0.02, what: str = "condition"):

@@ -66,6 +66,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 
+from tests.integration.conftest import free_port
 from tests.k8s.manifests import (
     GENERATED_SUFFIX,
     REPO,
@@ -141,12 +142,6 @@ def service_links(rendered: Render) -> dict[str, str]:
             base = f"{prefix}_PORT_{number}_{proto}"
             env |= {base: url, f"{base}_PROTO": proto.lower(), f"{base}_PORT": str(number), f"{base}_ADDR": address}
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def unhashed(name: str) -> str:
