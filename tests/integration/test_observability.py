@@ -97,6 +97,7 @@ def test_probes_with_nats_up_down_and_frozen_ready_follows_nats_live_stays(clien
     nats_server.stop()
     try:
         wait_until(lambda: consumer("/health/ready") == 503, timeout=20, message="consumer not ready")
+        assert "NATS disconnected; reconnecting" in workers.logs()  # an outage is
         wait_until(lambda: web("/health/ready").status_code == 503, timeout=20, message="web not ready")
         assert web("/health/ready").json()["Nats()"] == "Unavailable: not connected to NATS"
         # Restarting a pod cannot bring NATS back: liveness stays true, past its 3 s window.

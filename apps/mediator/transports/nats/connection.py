@@ -38,8 +38,15 @@ async def _on_error(exc: Exception) -> None:
     logger.warning("NATS error: %r", exc)
 
 
-async def _on_disconnected() -> None:
-    logger.warning("NATS disconnected; reconnecting")
+def _on_disconnected(connection: dict):
+    async def disconnected() -> None:
+        nc = connection.get("nc")
+        if nc is not None and nc.is_closed:  # our own close() (a clean shutdown), not an outage
+            logger.debug("NATS connection closed")
+            return
+        logger.warning("NATS disconnected; reconnecting")
+
+    return disconnected
 
 
 async def _on_reconnected() -> None:
@@ -62,6 +69,7 @@ async def connect(name: str, *, attempts: int | None = None, delay: float = 1.0)
     options = connect_options(name)
     shown = ", ".join(redacted(url) for url in options["servers"])
     last_error: Exception | None = None
+    this = {}  # the client, once connected, for the disconnect callback to tell a close from an outage
     for attempt in range(1, attempts + 1):
         try:
             # With unlimited reconnects nats-py would retry a failing first connect
@@ -70,7 +78,7 @@ async def connect(name: str, *, attempts: int | None = None, delay: float = 1.0)
                 nats.connect(
                     **options,
                     error_cb=_on_error,
-                    disconnected_cb=_on_disconnected,
+                    disconnected_cb=_on_disconnected(this),
                     reconnected_cb=_on_reconnected,
                 ),
                 timeout=ATTEMPT_TIMEOUT,
@@ -81,6 +89,7 @@ async def connect(name: str, *, attempts: int | None = None, delay: float = 1.0)
             if attempt < attempts:
                 await asyncio.sleep(delay)
             continue
+        this["nc"] = nc
         server = nc.connected_server_version
         version = (server.major, server.minor)
         if version < MIN_SERVER_VERSION:
