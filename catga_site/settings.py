@@ -228,6 +228,7 @@ CATGA = {
     "ACK_WAIT": float(os.environ.get("CATGA_ACK_WAIT", "30")),
     "RECORD_HISTORY": env_bool("CATGA_RECORD_HISTORY", True),
     "GROUP_COMMIT": float(os.environ.get("CATGA_GROUP_COMMIT", "0.02")),
+    "NATS_PING_INTERVAL": float(os.environ.get("CATGA_NATS_PING_INTERVAL", "10")),
     "FETCH_BATCH": int(os.environ.get("CATGA_FETCH_BATCH", "64")),
     "PREFETCH_MULTIPLIER": int(os.environ.get("CATGA_PREFETCH_MULTIPLIER", "4")),
     "PREFETCH_SECONDS": float(os.environ.get("CATGA_PREFETCH_SECONDS", "0.25")),

@@ -45,6 +45,9 @@ PREFETCH_SECONDS    With fast handlers, more messages in flight than CONCURRENCY
                     holds back from other replicas), up to 4 x FETCH_BATCH.
 GROUP_COMMIT        Seconds a handler thread may keep adding deliveries to one transaction
                     (a group commit: one disk flush for several). 0 commits each on its own.
+NATS_PING_INTERVAL  Seconds between pings to the NATS server; three unanswered ones mark the
+                    connection stale (a frozen server), so it reconnects and readiness turns
+                    false in about four intervals instead of nats-py's default of minutes.
 CONNECT_ATTEMPTS    Tries to reach NATS at start-up before run_consumer gives up.
 PUBLISH_TIMEOUT     Seconds to wait for JetStream's ack of a publish.
 RELAY_INTERVAL      Seconds between outbox relay sweeps.
@@ -98,6 +101,7 @@ DEFAULTS = {
     "PREFETCH_MULTIPLIER": 4,
     "PREFETCH_SECONDS": 0.25,
     "GROUP_COMMIT": 0.02,
+    "NATS_PING_INTERVAL": 10.0,
     "CONNECT_ATTEMPTS": 5,
     "PUBLISH_TIMEOUT": 5.0,
     "RELAY_INTERVAL": 1.0,

@@ -78,7 +78,7 @@ def needs_own_nats():
 
 def test_probes_with_nats_up_down_and_frozen_ready_follows_nats_live_stays(client, workers, nats_server):
     needs_own_nats()
-    worker = workers.start("inventory", CATGA_LIVENESS_WINDOW="3")
+    worker = workers.start("inventory", CATGA_LIVENESS_WINDOW="3", CATGA_NATS_PING_INTERVAL="1")
 
     def web(path):
         return client.get(path, HTTP_HOST=POD_IP, HTTP_ACCEPT="application/json")
@@ -114,12 +114,16 @@ def test_probes_with_nats_up_down_and_frozen_ready_follows_nats_live_stays(clien
         started = time.monotonic()
         frozen = web("/health/ready")
         elapsed = time.monotonic() - started
+        # The consumer's connection stays open to a frozen server: missed pings tell.
+        wait_until(lambda: consumer("/health/ready") == 503, timeout=15, message="consumer not ready, NATS frozen")
+        assert consumer("/health/live") == 200
     finally:
         nats_server.proc.send_signal(signal.SIGCONT)
     assert frozen.status_code == 503
     assert "did not answer" in frozen.json()["Nats()"]
     assert elapsed < 3.0, f"readiness took {elapsed:.1f}s with NATS frozen"
     wait_until(lambda: web("/health/ready").status_code == 200, timeout=30, message="web ready after thaw")
+    wait_until(lambda: consumer("/health/ready") == 200, timeout=30, message="consumer ready after thaw")
 
 
 def test_consumer_liveness_turns_false_when_wedged_handlers_stall_its_loop(workers):

@@ -23,6 +23,10 @@ def connect_options(name: str) -> dict:
         "reconnect_time_wait": 0.5,
         "connect_timeout": 2,
         "allow_reconnect": True,
+        # A server that stops answering (frozen, a half-open TCP connection) is noticed
+        # after three missed pings, not the default two minutes' worth.
+        "ping_interval": catga_settings.NATS_PING_INTERVAL,
+        "max_outstanding_pings": 3,
     }
     if catga_settings.NATS_TOKEN:
         options["token"] = catga_settings.NATS_TOKEN
