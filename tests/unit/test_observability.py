@@ -279,6 +279,18 @@ def test_a_send_and_its_handling_are_one_trace_through_the_envelope(spans):
     assert stored.split("-")[1:3] == [f"{trace_id:032x}", f"{send.context.span_id:016x}"]
 
 
+def test_the_sampler_is_the_operators_when_otel_traces_sampler_is_set(monkeypatch):
+    from opentelemetry.sdk.trace import TracerProvider
+
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    default = TracerProvider(sampler=tracing.configured_sampler(), shutdown_on_exit=False).sampler
+    assert "NoOrphanQueries" in default.get_description()
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    sampler = TracerProvider(sampler=tracing.configured_sampler(), shutdown_on_exit=False).sampler
+    assert sampler.get_description() == "TraceIdRatioBased{0.25}"
+
+
 def test_with_tracing_off_the_hooks_pass_messages_through_untouched():
     assert not tracing.enabled()
     envelope = Envelope.for_message(Ping(), qos=QoS.AT_LEAST_ONCE)

@@ -15,6 +15,7 @@ debugging and the tests). Off, every hook is one `is None` check.
 
 import atexit
 import logging
+import os
 import threading
 from collections.abc import Sequence
 
@@ -168,7 +169,7 @@ def setup() -> bool:
         return False
     provider = TracerProvider(
         resource=Resource.create({"service.name": catga_settings.SERVICE_NAME}),
-        sampler=ParentBased(root=NoOrphanQueries()),
+        sampler=configured_sampler(),
     )
     for processor in processors:
         provider.add_span_processor(processor)
@@ -177,6 +178,14 @@ def setup() -> bool:
     instrument(provider)
     atexit.register(provider.shutdown)
     return True
+
+
+def configured_sampler() -> Sampler | None:
+    """The operator's OTEL_TRACES_SAMPLER (and _ARG) when set — None lets the SDK read them —
+    otherwise parent-based, with root query spans dropped (NoOrphanQueries)."""
+    if os.environ.get("OTEL_TRACES_SAMPLER"):
+        return None
+    return ParentBased(root=NoOrphanQueries())
 
 
 def instrument(provider) -> None:
