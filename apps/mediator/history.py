@@ -222,11 +222,22 @@ def inbox_claim(message_id: str, handler: str, context: str, started: dt.datetim
 
 def inbox_succeeded(delivery: Delivery, attempt: int, started: dt.datetime, finished: dt.datetime, result) -> None:
     """In the handler's transaction: record the success and mark the message handled."""
+    if connection.vendor == "postgresql":  # the group commit's statement, for a group of one
+        claim = Claim(
+            message_id=delivery.message_id,
+            handler=delivery.handler,
+            context=delivery.context,
+            locked=True,
+            stored_type=None,
+            stored_payload=None,
+            status=delivery.status,
+            result=delivery.result,
+            first_started_at=delivery.first_started_at or started,
+        )
+        succeeded_many([(claim, attempt, started, finished, result)])
+        return
     entry = log_entry(attempt, started, finished, "succeeded")
     duration_ms = (finished - started).total_seconds() * 1000
-    if connection.vendor == "postgresql":
-        _pg_succeeded(delivery, attempt, started, finished, duration_ms, result, entry)
-        return
     delivery.status = Delivery.Status.SUCCEEDED
     delivery.attempts = max(delivery.attempts + 1, attempt)
     delivery.started_at, delivery.finished_at, delivery.duration_ms = started, finished, duration_ms
@@ -370,40 +381,6 @@ def succeeded_many(items: list[tuple[Claim, int, dt.datetime, dt.datetime, objec
                 msgspec.json.encode(rows).decode(),
                 Delivery.Status.SUCCEEDED.value,
                 Message.Status.HANDLED.value,
-            ],
-        )
-
-
-def _pg_succeeded(delivery, attempt, started, finished, duration_ms, result, entry) -> None:
-    """One statement: upsert the delivery (appending to its attempt log) and mark the message handled."""
-    quote = connection.ops.quote_name
-    deliveries, messages = quote(Delivery._meta.db_table), quote(Message._meta.db_table)
-    as_json = Delivery._meta.get_field("result").get_db_prep_save
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"WITH upsert AS (INSERT INTO {deliveries} AS d (message_id, handler, context, status, attempts, "  # noqa: S608
-            "first_started_at, started_at, finished_at, duration_ms, error, traceback, result, attempt_log) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, '', '', %s, %s) "
-            "ON CONFLICT (message_id, handler) DO UPDATE SET status = EXCLUDED.status, "
-            "attempts = GREATEST(d.attempts + 1, %s), started_at = EXCLUDED.started_at, "
-            "finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms, error = '', "
-            "result = EXCLUDED.result, attempt_log = d.attempt_log || EXCLUDED.attempt_log) "
-            f"UPDATE {messages} SET status = %s WHERE id = %s",
-            [
-                delivery.message_id,
-                delivery.handler,
-                delivery.context,
-                Delivery.Status.SUCCEEDED.value,
-                max(1, attempt),
-                delivery.first_started_at or started,
-                started,
-                finished,
-                duration_ms,
-                as_json(result, connection),
-                as_json([entry], connection),
-                attempt,
-                Message.Status.HANDLED.value,
-                delivery.message_id,
             ],
         )
 

@@ -8,7 +8,6 @@ Workers are `manage.py run_consumer` child processes pointed at the test databas
 
 import asyncio
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -20,30 +19,11 @@ import nats
 import pytest
 from django.db import connection
 
+from bench.infra import free_port  # the tests use the bench's: below the ephemeral range, never twice
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
-
-
-_given: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nothing listens on, below the ephemeral range (32768-60999 on Linux): a port
-    the kernel hands out for outgoing connections may be taken again between this check and
-    the server binding it."""
-    for _ in range(200):
-        port = random.randint(20000, 32000)
-        if port in _given:  # handed out already, maybe not bound yet
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("0.0.0.0", port))  # noqa: S104 (what the servers bind)
-            except OSError:
-                continue
-            _given.add(port)
-            return port
-    raise RuntimeError("no free port in 20000-32000")
 
 
 def wait_until(predicate, *, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
