@@ -8,7 +8,7 @@
     python -m bench.drive confirmed-timeline --since T --until T
 
 Run with the environment bench/run.py gives it (DATABASE_URL, NATS_URL, the bench
-context in CATGA_EXTRA_CONTEXTS).
+context in CATGA_EXTRA_APPS).
 """
 
 import argparse

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/bench"
-EXTRA_CONTEXTS = "bench=bench.noop_app.handlers"
+EXTRA_APPS = "bench.noop_app"
 # The tables a scenario empties before it starts, so each one measures against small tables.
 APP_TABLE_PREFIXES = ("mediator_", "orders_", "inventory_", "payments_")
 

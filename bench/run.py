@@ -107,7 +107,7 @@ class Bench:
                 "DATABASE_URL": self.db.url,
                 "NATS_URL": self.nats.url,
                 "CATGA_TRANSPORT": "nats",
-                "CATGA_EXTRA_CONTEXTS": infra.EXTRA_CONTEXTS,
+                "CATGA_EXTRA_APPS": infra.EXTRA_APPS,
                 "LOG_LEVEL": "WARNING",
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": str(infra.ROOT),

@@ -114,14 +114,92 @@ def qos(value: str) -> str:
     raise ValueError(f"not a QoS; use one of {', '.join(QOS)}")
 
 
-def behaviors(config: ConfigFile) -> list[str]:
-    """CATGA["BEHAVIORS"], outermost first, without what the file switches off."""
-    chain = ["apps.mediator.observability.TracingBehavior"]
-    if config.catga.enable_logging:
-        chain.append("apps.mediator.behaviors.LoggingBehavior")
-    if config.catga.enable_metrics:
-        chain.append("apps.mediator.observability.MetricsBehavior")
-    return [*chain, "apps.mediator.behaviors.ValidationBehavior"]
+# What the file can switch off in the default CATGA["BEHAVIORS"] (apps/mediator/core/conf.py).
+SWITCHABLE = {
+    "enable_logging": "apps.mediator.core.behaviors.LoggingBehavior",
+    "enable_metrics": "apps.mediator.observability.MetricsBehavior",
+}
+# CATGA_TRANSPORT may name a transport shortly; anything else is a dotted path.
+TRANSPORTS = {
+    "memory": "apps.mediator.transports.memory.MemoryTransport",
+    "nats": "apps.mediator.transports.nats.publisher.NatsTransport",
+}
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use 1/0, true/false).")
+
+
+def behaviors(config: ConfigFile, defaults: list[str]) -> list[str] | None:
+    """CATGA["BEHAVIORS"] without what the file switches off; None when it switches nothing off."""
+    off = {path for flag, path in SWITCHABLE.items() if not getattr(config.catga, flag)}
+    return [path for path in defaults if path not in off] if off else None
+
+
+def catga_overrides(config: ConfigFile, argv: list[str], *, testing: bool) -> dict:
+    """settings.CATGA: only what the environment or the file sets; the defaults live in apps/mediator/core/conf.py.
+
+    Every setting KEY can be set as CATGA_<KEY> (cast like its default: 1/0 for booleans);
+    a few have the names the ecosystem uses (NATS_URL, NATS_TOKEN, OTEL_*), and a few
+    also come from the file (CATGA_CONFIG_FILE), the environment winning.
+    """
+    from apps.mediator.core.conf import DEFAULTS  # the one declaration of the settings
+
+    overrides: dict = {}
+    for key, default in DEFAULTS.items():
+        name = f"CATGA_{key}"
+        raw = os.environ.get(name)
+        if raw is None or isinstance(default, dict | list):
+            continue
+        overrides[key] = _cast(name, raw, default)
+    transport = os.environ.get("CATGA_TRANSPORT") or ("memory" if testing else "nats")
+    overrides["TRANSPORT"] = TRANSPORTS.get(transport, transport)
+    if os.environ.get("NATS_URL"):
+        overrides["NATS_URL"] = os.environ["NATS_URL"]
+    overrides.update({k: v for k, v in nats_credentials().items() if v})
+    section = config.catga
+    for key, from_file, cast in (
+        ("DEFAULT_QOS", section.default_qos, str),
+        ("MAX_ATTEMPTS", section.max_attempts, int),
+        ("HANDLER_TIMEOUT", section.handler_timeout, float),
+        ("CONCURRENCY", section.concurrency, int),
+    ):
+        value = env_or(f"CATGA_{key}", from_file, None, cast)
+        if value is not None:
+            overrides[key] = value
+    if "DEFAULT_QOS" in overrides:
+        try:
+            overrides["DEFAULT_QOS"] = qos(overrides["DEFAULT_QOS"])
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"CATGA_DEFAULT_QOS={overrides['DEFAULT_QOS']!r}: {exc}") from exc
+    chain = behaviors(config, DEFAULTS["BEHAVIORS"])
+    if chain is not None:
+        overrides["BEHAVIORS"] = chain
+    # Observability (docs/operations.md, "Observe").
+    overrides["TRACING"] = env_bool("CATGA_TRACING", tracing_default(config)) and not env_bool(
+        "OTEL_SDK_DISABLED", False
+    )
+    overrides["TRACE_OTLP"] = otlp_configured()
+    overrides["SERVICE_NAME"] = service_name(config, argv)
+    return overrides
+
+
+def _cast(name: str, raw: str, default):
+    if isinstance(default, bool):
+        return env_bool(name, default)
+    try:
+        return type(default)(raw) if default is not None else raw
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={raw!r}: {exc}") from exc
 
 
 def otlp_configured() -> bool:

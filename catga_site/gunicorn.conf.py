@@ -64,12 +64,10 @@ def on_starting(server) -> None:
 
 
 def post_worker_init(worker) -> None:
-    """Connect this worker's NATS publisher before it serves, so its first request or probe need not wait."""
-    from apps.mediator.runtime import get_mediator
+    """Connect this worker's transport before it serves, so its first request or probe need not wait."""
+    from apps.mediator import mediator
 
-    connect = getattr(get_mediator().transport, "connect_in_background", None)
-    if connect is not None:
-        connect()
+    mediator.transport.connect_in_background()
 
 
 def child_exit(server, worker) -> None:

@@ -35,13 +35,13 @@ class _Probe(HealthCheckView):
 
 
 class LiveView(_Probe):
-    checks = ("apps.mediator.observability.checks.Process",)
+    checks = ("apps.mediator.checks.Process",)
 
 
 class ReadyView(_Probe):
     checks = (
-        "apps.mediator.observability.checks.Database",
-        "apps.mediator.observability.checks.Nats",
+        "apps.mediator.checks.Database",
+        "apps.mediator.checks.Nats",
     )
 
 

@@ -21,20 +21,7 @@ DATA_DIR = Path(os.environ.get("CATGA_DATA_DIR", BASE_DIR / "data"))
 # the environment, so the test runner is recognised here rather than configured.
 TESTING = "pytest" in sys.modules or sys.argv[1:2] == ["test"]
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use 1/0, true/false).")
+env_bool = config.env_bool
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -139,7 +126,7 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Django's backend, with a transaction's outbox rows written in one INSERT.
-    DATABASES["default"]["ENGINE"] = "apps.mediator.backends.postgresql"
+    DATABASES["default"]["ENGINE"] = "apps.mediator.storage.backends.postgresql"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server and the in-process handlers write from several threads;
     # waiting for the lock beats failing with "database is locked".
@@ -182,8 +169,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
-    "EXCEPTION_HANDLER": "apps.mediator.api_errors.exception_handler",
-    "DEFAULT_PAGINATION_CLASS": "apps.mediator.api_schema.Pagination",
+    "EXCEPTION_HANDLER": "apps.mediator.api.errors.exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "apps.mediator.api.schema.Pagination",
     "PAGE_SIZE": 100,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
@@ -202,50 +189,13 @@ SPECTACULAR_SETTINGS = {
 # Request bodies larger than this are refused with a 400 before any parsing.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("DJANGO_MAX_BODY_BYTES", str(1024 * 1024)))
 
-NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+# The mediator's settings: only overrides, from the environment (CATGA_<KEY>, NATS_*, OTEL_*) and
+# the file; every key and its default is declared once, in apps/mediator/core/conf.py.
+CATGA = config.catga_overrides(CONFIG_FILE, sys.argv, testing=TESTING)
 
-# The mediator's settings, read through apps.mediator.conf (defaults documented there).
-CATGA = {
-    "TRANSPORT": os.environ.get("CATGA_TRANSPORT", "memory" if TESTING else "nats"),
-    "NATS_URL": NATS_URL,
-    **config.nats_credentials(),  # NATS_TOKEN, or NATS_USER + NATS_PASSWORD, or NATS_CREDS
-    "STREAM_REPLICAS": int(os.environ.get("CATGA_STREAM_REPLICAS", "1")),
-    "SHUTDOWN_GRACE": float(os.environ.get("CATGA_SHUTDOWN_GRACE", "20")),
-    "DEFAULT_QOS": config.qos(config.env_or("CATGA_DEFAULT_QOS", CONFIG_FILE.catga.default_qos, "AtLeastOnce")),
-    "MAX_ATTEMPTS": config.env_or("CATGA_MAX_ATTEMPTS", CONFIG_FILE.catga.max_attempts, 5, int),
-    "RETRY_BACKOFF": float(os.environ.get("CATGA_RETRY_BACKOFF", "0.5")),
-    "HANDLER_TIMEOUT": config.env_or("CATGA_HANDLER_TIMEOUT", CONFIG_FILE.catga.handler_timeout, 30.0, float),
-    "CONCURRENCY": config.env_or("CATGA_CONCURRENCY", CONFIG_FILE.catga.concurrency, 8, int),
-    "BEHAVIORS": config.behaviors(CONFIG_FILE),
-    # Observability (docs/operations.md, "Observe").
-    "TRACING": env_bool("CATGA_TRACING", config.tracing_default(CONFIG_FILE))
-    and not env_bool("OTEL_SDK_DISABLED", False),
-    "TRACE_OTLP": config.otlp_configured(),
-    "TRACE_FILE": os.environ.get("CATGA_TRACE_FILE", ""),
-    "SERVICE_NAME": config.service_name(CONFIG_FILE, sys.argv),
-    "LIVENESS_WINDOW": float(os.environ.get("CATGA_LIVENESS_WINDOW", "30")),
-    "METRICS_INTERVAL": float(os.environ.get("CATGA_METRICS_INTERVAL", "15")),
-    "ACK_WAIT": float(os.environ.get("CATGA_ACK_WAIT", "30")),
-    "RECORD_HISTORY": env_bool("CATGA_RECORD_HISTORY", True),
-    "GROUP_COMMIT": float(os.environ.get("CATGA_GROUP_COMMIT", "0.02")),
-    "NATS_PING_INTERVAL": float(os.environ.get("CATGA_NATS_PING_INTERVAL", "10")),
-    "FETCH_BATCH": int(os.environ.get("CATGA_FETCH_BATCH", "64")),
-    "PREFETCH_MULTIPLIER": int(os.environ.get("CATGA_PREFETCH_MULTIPLIER", "4")),
-    "PREFETCH_SECONDS": float(os.environ.get("CATGA_PREFETCH_SECONDS", "0.25")),
-    "CONTEXTS": {
-        "orders": "apps.orders.handlers",
-        "inventory": "apps.inventory.handlers",
-        "payments": "apps.payments.handlers",
-    },
-}
-
-# Extra bounded contexts, "name=handlers.module" comma separated, e.g. the benchmarks'
-# CATGA_EXTRA_CONTEXTS=bench=bench.noop_app.handlers; each module's package is installed too.
-for _name, _, _module in (item.partition("=") for item in env_list("CATGA_EXTRA_CONTEXTS", "")):
-    if not _module:
-        raise ImproperlyConfigured(f"CATGA_EXTRA_CONTEXTS: {_name!r} is not name=handlers.module")
-    CATGA["CONTEXTS"][_name] = _module
-    INSTALLED_APPS.append(_module.rpartition(".")[0])
+# Extra apps, comma separated (the benchmarks' no-op context: CATGA_EXTRA_APPS=bench.noop_app).
+# An app with contracts.py and handlers.py is a bounded context (found by the mediator).
+INSTALLED_APPS += env_list("CATGA_EXTRA_APPS", "")
 
 # Seconds each step of the order saga may take before it compensates and cancels.
 ORDER_STEP_TIMEOUT = float(os.environ.get("ORDER_STEP_TIMEOUT", "60"))

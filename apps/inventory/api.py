@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 
 from apps.inventory import selectors, services
 from apps.inventory.models import Item
-from apps.mediator.api_schema import PAGE_PARAMETERS, Pagination, errors, paginated
+from apps.mediator.api.schema import PAGE_PARAMETERS, Pagination, errors, paginated
 
 
 class ItemOutputSerializer(serializers.ModelSerializer):

@@ -10,21 +10,22 @@ from apps.inventory.contracts import (
     StockReservationFailed,
     StockReserved,
 )
-from apps.mediator.runtime import mediator
 from apps.orders.contracts import OrderConfirmed
 
 
 def reserve_stock(command: ReserveStock, ctx) -> None:
     reserved, short = services.stock_reserve(order_id=command.order_id, lines=command.lines)
     if reserved:
-        mediator.publish(StockReserved(order_id=command.order_id))
+        ctx.mediator.publish(StockReserved(order_id=command.order_id))
     else:
-        mediator.publish(StockReservationFailed(order_id=command.order_id, reason="out_of_stock", skus=tuple(short)))
+        ctx.mediator.publish(
+            StockReservationFailed(order_id=command.order_id, reason="out_of_stock", skus=tuple(short))
+        )
 
 
 def release_stock(command: ReleaseStock, ctx) -> None:
     if services.stock_release(order_id=command.order_id):
-        mediator.publish(StockReleased(order_id=command.order_id))
+        ctx.mediator.publish(StockReleased(order_id=command.order_id))
 
 
 def commit_stock(event: OrderConfirmed, ctx) -> None:

@@ -8,7 +8,7 @@ from django.db import transaction
 from django.db.models import F
 
 from apps.inventory.models import Item, Reservation
-from apps.mediator.errors import Conflict, ValidationFailed
+from apps.mediator import Conflict, ValidationFailed
 
 
 def item_create(*, sku: str, name: str, price: Decimal, on_hand: int) -> Item:

@@ -3,8 +3,7 @@ from django.db.models import Count
 from django.urls import reverse, reverse_lazy
 from django.utils.html import format_html
 
-from apps.mediator import admin_console
-from apps.mediator.models import SagaState
+from apps.mediator import SagaState, register_panel, register_search
 from apps.orders.models import Order, OrderLine
 
 
@@ -61,8 +60,8 @@ class OrderAdmin(admin.ModelAdmin):
 
 
 # The message history is searchable by order id, and the dashboard shows orders by
-# status, without the mediator importing this context (see apps.mediator.admin_console).
-@admin_console.register_search
+# status, without the mediator importing this context (see apps.mediator.console.extensions).
+@register_search
 def correlation_ids_of_order(term: str) -> list[str]:
     return list(Order.objects.filter(pk=term).exclude(correlation_id="").values_list("correlation_id", flat=True))
 
@@ -72,4 +71,4 @@ def orders_by_status() -> list[tuple[str, int]]:
     return [(label, counts.get(value, 0)) for value, label in Order.Status.choices]
 
 
-admin_console.register_panel("Orders by status", orders_by_status, link=reverse_lazy("admin:orders_order_changelist"))
+register_panel("Orders by status", orders_by_status, link=reverse_lazy("admin:orders_order_changelist"))

@@ -12,9 +12,8 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.mediator.api_schema import errors
-from apps.mediator.errors import NotFound
-from apps.mediator.runtime import mediator
+from apps.mediator import NotFound, mediator
+from apps.mediator.api.schema import errors
 from apps.orders import idempotency
 from apps.orders.contracts import GetOrder, OrderLineIn, OrderView, PlaceOrder, RequestOrderCancellation
 

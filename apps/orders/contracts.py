@@ -5,7 +5,7 @@ from typing import Annotated
 
 import msgspec
 
-from apps.mediator.messages import Command, Event, Query
+from apps.mediator import Command, Event, Query
 
 
 class OrderLineIn(msgspec.Struct, frozen=True):

@@ -5,9 +5,8 @@ handlers are its steps in this context and the entry points that start or stop i
 """
 
 from apps.inventory.contracts import GetItems
-from apps.mediator.errors import Conflict, ValidationFailed
-from apps.mediator.runtime import mediator
-from apps.mediator.sagas import timeline
+from apps.mediator import Conflict, ValidationFailed
+from apps.mediator import saga_timeline as timeline
 from apps.orders import selectors, services
 from apps.orders.contracts import (
     CancelOrder,
@@ -59,7 +58,7 @@ def saga_view(order: Order, state=None) -> SagaView | None:
 
 
 def place_order(command: PlaceOrder, ctx) -> OrderView:
-    items = {item.sku: item for item in mediator.ask(GetItems(skus=tuple({li.sku for li in command.lines})))}
+    items = {item.sku: item for item in ctx.mediator.ask(GetItems(skus=tuple({li.sku for li in command.lines})))}
     if any(line.sku not in items for line in command.lines):
         raise ValidationFailed(
             {"lines": [{} if li.sku in items else {"sku": [f"Unknown SKU {li.sku!r}."]} for li in command.lines]}
@@ -72,14 +71,15 @@ def place_order(command: PlaceOrder, ctx) -> OrderView:
         payment_token=command.payment_token,
         correlation_id=ctx.correlation_id,
     )
-    mediator.publish(OrderPlaced(order_id=order.id, customer_id=order.customer_id, total=order.total))
+    ctx.mediator.publish(OrderPlaced(order_id=order.id, customer_id=order.customer_id, total=order.total))
     state = OrderSaga.start(
         {
             "order_id": order.id,
             "lines": [[li.sku, li.quantity] for li in command.lines],
             "amount": str(order.total),
             "token": order.payment_token,
-        }
+        },
+        mediator=ctx.mediator,
     )
     lines = [OrderLineOut(sku=li.sku, quantity=li.quantity, unit_price=items[li.sku].price) for li in command.lines]
     return order_view(order, lines=lines, saga=saga_view(order, state))
@@ -87,12 +87,12 @@ def place_order(command: PlaceOrder, ctx) -> OrderView:
 
 def confirm_order(command: ConfirmOrder, ctx) -> None:
     if services.order_confirm(order_id=command.order_id) is not None:
-        mediator.publish(OrderConfirmed(order_id=command.order_id))
+        ctx.mediator.publish(OrderConfirmed(order_id=command.order_id))
 
 
 def cancel_order(command: CancelOrder, ctx) -> None:
     if services.order_cancel(order_id=command.order_id, reason=command.reason) is not None:
-        mediator.publish(OrderCancelled(order_id=command.order_id, reason=command.reason))
+        ctx.mediator.publish(OrderCancelled(order_id=command.order_id, reason=command.reason))
 
 
 def request_cancellation(command: RequestOrderCancellation, ctx) -> OrderView:
@@ -100,7 +100,7 @@ def request_cancellation(command: RequestOrderCancellation, ctx) -> OrderView:
     order = selectors.order_get(command.order_id)
     if order.status != Order.Status.PENDING:
         raise Conflict(f"order {order.id} is already {order.status}")
-    OrderSaga.cancel(order.correlation_id, reason=command.reason)
+    OrderSaga.cancel(order.correlation_id, reason=command.reason, mediator=ctx.mediator)
     return order_view(order)
 
 

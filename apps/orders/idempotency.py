@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from django.db import IntegrityError, transaction
 
-from apps.mediator.errors import Conflict, ValidationFailed
+from apps.mediator import Conflict, ValidationFailed
 from apps.orders.models import IdempotencyKey
 
 MAX_KEY_LENGTH = 255

@@ -1,6 +1,6 @@
 from django.db import models
 
-from apps.mediator.ids import new_id
+from apps.mediator import new_id
 
 
 class Order(models.Model):

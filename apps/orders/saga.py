@@ -5,7 +5,7 @@ from decimal import Decimal
 from django.conf import settings
 
 from apps.inventory.contracts import ReleaseStock, ReserveStock, StockLine, StockReservationFailed, StockReserved
-from apps.mediator.sagas import Saga, Step
+from apps.mediator import Saga, Step
 from apps.orders.contracts import CancelOrder, ConfirmOrder, OrderConfirmed
 from apps.payments.contracts import ChargePayment, PaymentCaptured, PaymentDeclined, RefundPayment
 

@@ -1,4 +1,4 @@
-from apps.mediator.errors import NotFound
+from apps.mediator import NotFound
 from apps.orders.models import Order
 
 

@@ -10,9 +10,8 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.views import APIView
 
-from apps.mediator.api_schema import PAGE_PARAMETERS, Pagination, errors, paginated
-from apps.mediator.errors import NotFound
-from apps.mediator.runtime import mediator
+from apps.mediator import NotFound, mediator
+from apps.mediator.api.schema import PAGE_PARAMETERS, Pagination, errors, paginated
 from apps.orders.contracts import GetOrder
 from apps.payments.models import Payment
 

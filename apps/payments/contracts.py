@@ -2,7 +2,7 @@
 
 from decimal import Decimal
 
-from apps.mediator.messages import Command, Event
+from apps.mediator import Command, Event
 
 
 class ChargePayment(Command):

@@ -1,6 +1,5 @@
 """Payments' message handlers and the map the composition root reads."""
 
-from apps.mediator.runtime import mediator
 from apps.payments import services
 from apps.payments.contracts import ChargePayment, PaymentCaptured, PaymentDeclined, PaymentRefunded, RefundPayment
 from apps.payments.models import Payment
@@ -11,16 +10,16 @@ def charge_payment(command: ChargePayment, ctx) -> dict:
         order_id=command.order_id, amount=command.amount, token=command.token, attempt=ctx.attempt
     )
     if payment.status == Payment.Status.DECLINED:
-        mediator.publish(PaymentDeclined(order_id=command.order_id, reason="payment_declined"))
+        ctx.mediator.publish(PaymentDeclined(order_id=command.order_id, reason="payment_declined"))
     else:
-        mediator.publish(PaymentCaptured(order_id=command.order_id, payment_id=payment.pk, amount=payment.amount))
+        ctx.mediator.publish(PaymentCaptured(order_id=command.order_id, payment_id=payment.pk, amount=payment.amount))
     return {"payment_id": payment.pk, "status": payment.status}
 
 
 def refund_payment(command: RefundPayment, ctx) -> None:
     payment = services.payment_refund(order_id=command.order_id)
     if payment is not None:
-        mediator.publish(PaymentRefunded(order_id=command.order_id, payment_id=payment.pk))
+        ctx.mediator.publish(PaymentRefunded(order_id=command.order_id, payment_id=payment.pk))
 
 
 COMMANDS = {ChargePayment: charge_payment, RefundPayment: refund_payment}

@@ -4,7 +4,7 @@ from decimal import Decimal
 
 from django.db import transaction
 
-from apps.mediator.errors import TransientError
+from apps.mediator import TransientError
 from apps.payments import provider
 from apps.payments.models import Payment
 

@@ -1,1 +1,1 @@
-"""A bounded context that does nothing, for the benchmarks (loaded only when CATGA_EXTRA_CONTEXTS names it)."""
+"""A bounded context that does nothing, for the benchmarks (loaded only when CATGA_EXTRA_APPS names it)."""

@@ -1,6 +1,6 @@
 """The benchmark's messages: commands whose handlers do nothing, so what is measured is the mediator."""
 
-from apps.mediator.messages import Command, QoS
+from apps.mediator.core.messages import Command, QoS
 
 
 class DoNothing(Command):

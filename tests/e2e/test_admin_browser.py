@@ -215,8 +215,8 @@ def test_a_non_staff_user_is_refused(page, customer):
 
 def undecodable_dead_letter() -> Message:
     """A message that arrived garbled: dead on arrival, with nothing valid to replay."""
-    from apps.mediator.envelope import Envelope
-    from apps.mediator.messages import QoS
+    from apps.mediator.core.envelope import Envelope
+    from apps.mediator.core.messages import QoS
     from apps.mediator.runtime import get_mediator
     from apps.payments.contracts import RefundPayment
 

@@ -120,7 +120,12 @@ def database_url() -> str:
 @pytest.fixture
 def nats_settings(settings, fresh_streams, transactional_db):
     """This test process publishes over NATS (it plays the web process)."""
-    settings.CATGA = {**settings.CATGA, "TRANSPORT": "nats", "NATS_URL": fresh_streams.url, "RELAY_GRACE": 0.5}
+    settings.CATGA = {
+        **settings.CATGA,
+        "TRANSPORT": "apps.mediator.transports.nats.publisher.NatsTransport",
+        "NATS_URL": fresh_streams.url,
+        "RELAY_GRACE": 0.5,
+    }
     yield settings
     from apps.mediator import runtime
 

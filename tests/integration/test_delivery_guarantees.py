@@ -10,8 +10,8 @@ from django.db import transaction
 
 from apps.inventory.contracts import ReserveStock, StockLine
 from apps.inventory.models import Item
-from apps.mediator.envelope import Envelope
-from apps.mediator.messages import QoS
+from apps.mediator.core.envelope import Envelope
+from apps.mediator.core.messages import QoS
 from apps.mediator.models import Delivery, Message
 from apps.mediator.runtime import mediator
 from apps.orders.models import Order

@@ -15,9 +15,9 @@ from django.db import connection, transaction
 
 from apps.inventory.contracts import ReleaseStock
 from apps.inventory.models import Item
-from apps.mediator import outbox
 from apps.mediator.models import Message
 from apps.mediator.runtime import mediator
+from apps.mediator.storage import outbox
 from apps.orders.models import Order
 from apps.payments.models import Payment
 from tests.integration.conftest import wait_until

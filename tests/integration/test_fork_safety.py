@@ -7,10 +7,10 @@ import msgspec
 import pytest
 
 from apps.inventory.contracts import ReleaseStock
-from apps.mediator.envelope import Envelope
-from apps.mediator.messages import QoS
+from apps.mediator.core.envelope import Envelope
+from apps.mediator.core.messages import QoS
+from apps.mediator.core.ports import Outgoing
 from apps.mediator.runtime import get_mediator
-from apps.mediator.transports.base import Outgoing
 from tests.integration.helpers import js_call
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]

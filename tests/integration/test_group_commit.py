@@ -13,14 +13,15 @@ from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 
 from apps.inventory.models import Item
-from apps.mediator import codec, history
-from apps.mediator.dispatcher import ACK, DEAD, RETRY, Dispatcher
-from apps.mediator.envelope import Envelope
-from apps.mediator.errors import TransientError
-from apps.mediator.messages import Command, QoS
+from apps.mediator.core import codec
+from apps.mediator.core.envelope import Envelope
+from apps.mediator.core.errors import TransientError
+from apps.mediator.core.messages import Command, QoS
+from apps.mediator.core.pipeline import Pipeline
+from apps.mediator.core.registry import Registry
+from apps.mediator.delivery.dispatcher import ACK, DEAD, RETRY, Dispatcher
 from apps.mediator.models import Delivery, Message
-from apps.mediator.pipeline import Pipeline
-from apps.mediator.registry import Registry
+from apps.mediator.storage import history
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

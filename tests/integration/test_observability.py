@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apps.inventory.contracts import ReleaseStock
 from apps.mediator import runtime
-from apps.mediator.conf import catga_settings
+from apps.mediator.core.conf import catga_settings
 from apps.mediator.observability import tracing
 from apps.mediator.runtime import mediator
 from apps.orders.models import Order

@@ -8,9 +8,9 @@ from django.db import transaction
 
 from apps.inventory.contracts import ReleaseStock, ReserveStock, StockLine, StockReserved
 from apps.inventory.models import Item, Reservation
-from apps.mediator import workflows
-from apps.mediator.envelope import Envelope
-from apps.mediator.messages import QoS
+from apps.mediator import WorkflowFailed, chain, group
+from apps.mediator.core.envelope import Envelope
+from apps.mediator.core.messages import QoS
 from apps.mediator.models import Message, SagaState
 from apps.orders.models import Order
 from apps.payments.models import Payment
@@ -134,12 +134,12 @@ def test_a_chain_and_a_group_across_two_worker_processes_and_a_failing_chain(nat
     workers.start("inventory")
     workers.start("inventory")
     with transaction.atomic():
-        chained = workflows.chain(
+        chained = chain(
             ReserveStock(order_id="c1", lines=(StockLine(sku="SKU-A", quantity=1),)),
             ReserveStock(order_id="c2", lines=(StockLine(sku="SKU-B", quantity=1),)),
             ReleaseStock(order_id="c1"),
         )
-        fanned = workflows.group(
+        fanned = group(
             [ReserveStock(order_id=f"g{i}", lines=(StockLine(sku="SKU-A", quantity=1),)) for i in range(8)]
             + [ReserveStock(order_id=f"g{i}", lines=(StockLine(sku="SKU-B", quantity=1),)) for i in range(8, 10)],
             callback=ReleaseStock(order_id="g0"),
@@ -152,11 +152,11 @@ def test_a_chain_and_a_group_across_two_worker_processes_and_a_failing_chain(nat
 
     Reservation.objects.create(order_id="gone", lines=[], status="released")
     with transaction.atomic():
-        failing = workflows.chain(
+        failing = chain(
             ReserveStock(order_id="gone", lines=(StockLine(sku="SKU-A", quantity=1),)),
             ReleaseStock(order_id="never"),
         )
-    with pytest.raises(workflows.WorkflowFailed) as failure:
+    with pytest.raises(WorkflowFailed) as failure:
         failing.wait(timeout=30)
     assert "member 0 (inventory.ReserveStock" in failure.value.error
     assert "Conflict: reservation for order gone was already released" in failure.value.error

@@ -1,4 +1,4 @@
-"""A transaction's outbox rows are written in one INSERT (apps.mediator.backends.postgresql).
+"""A transaction's outbox rows are written in one INSERT (apps.mediator.storage.backends.postgresql).
 
 The rows wait in the connection's buffer until the next statement or the commit, so
 the transaction still reads its own writes, a rolled-back savepoint still sends
@@ -11,12 +11,12 @@ import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from apps.mediator.dispatcher import Dispatcher
-from apps.mediator.mediator import Mediator
-from apps.mediator.messages import Command
+from apps.mediator.core.messages import Command
+from apps.mediator.core.pipeline import Pipeline
+from apps.mediator.core.registry import Registry
+from apps.mediator.delivery.dispatcher import Dispatcher
+from apps.mediator.delivery.mediator import Mediator
 from apps.mediator.models import Message
-from apps.mediator.pipeline import Pipeline
-from apps.mediator.registry import Registry
 from apps.mediator.transports.memory import MemoryTransport
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]

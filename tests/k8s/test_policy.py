@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from tests.k8s.manifests import K8S, OVERLAYS, REPO, Combo, Render, combo_dir, containers, pod_labels, pod_spec, render
 from tests.k8s.policies import (
@@ -53,7 +52,9 @@ def test_prod_runs_three_replicas_of_everything_and_dev_one(renders):
 
 
 def test_a_consumer_runs_for_every_context_the_settings_declare(renders):
-    contexts = set(settings.CATGA["CONTEXTS"])
+    from apps.mediator.runtime import contexts as discovered
+
+    contexts = set(discovered())
     for combo, rendered in renders.items():
         consumers = {}
         for deployment in rendered.of_kind("Deployment"):
@@ -184,7 +185,7 @@ def test_keda_scales_each_consumer_on_exactly_the_durables_it_reads(committed):
     from apps.mediator.transports.nats.topology import durables
 
     expected = {}
-    for durable in durables(get_registry(), settings.CATGA["CONTEXTS"]):
+    for durable in durables(get_registry(), get_registry().contexts):
         expected.setdefault(f"catga-consumer-{durable.context}", set()).add((durable.stream, durable.name))
     scaled = committed["prod"].of_kind("ScaledObject")
     actual = {

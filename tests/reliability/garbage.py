@@ -14,7 +14,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from apps.mediator.ids import new_id
+from apps.mediator.core.ids import new_id
 
 TAG = "Garbage-Id"
 HUGE = 300 * 1024  # over CATGA["MAX_BODY_BYTES"] (256 KiB), under NATS's 1 MiB max payload

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import msgspec
 import pytest
 
-from apps.mediator.dispatcher import ACK, DEAD, Dispatcher
-from apps.mediator.envelope import Envelope
-from apps.mediator.errors import UndecodableMessage, ValidationFailed
-from apps.mediator.messages import Command, Kind, QoS
+from apps.mediator.core.envelope import Envelope
+from apps.mediator.core.errors import UndecodableMessage, ValidationFailed
+from apps.mediator.core.messages import Command, Kind, QoS
+from apps.mediator.core.pipeline import Pipeline
+from apps.mediator.core.registry import Registry
+from apps.mediator.delivery.dispatcher import ACK, DEAD, Dispatcher
 from apps.mediator.models import Delivery, Message
-from apps.mediator.pipeline import Pipeline
-from apps.mediator.registry import Registry
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
 

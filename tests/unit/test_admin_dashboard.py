@@ -11,9 +11,9 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from apps.mediator import admin_console
-from apps.mediator.dashboard import chart, stats
-from apps.mediator.ids import new_id
+from apps.mediator.console import extensions
+from apps.mediator.console.dashboard import chart, stats
+from apps.mediator.core.ids import new_id
 from apps.mediator.models import Message
 
 DASHBOARD = "/admin/mediator/message/dashboard/"
@@ -158,8 +158,8 @@ def test_a_failing_panel_is_reported_without_breaking_the_page(support_client, m
     def broken():
         raise RuntimeError("panel down")
 
-    monkeypatch.setattr(admin_console, "_panels", dict(admin_console._panels))
-    admin_console.register_panel("Broken", broken)
+    monkeypatch.setattr(extensions, "_panels", dict(extensions._panels))
+    extensions.register_panel("Broken", broken)
 
     response = support_client.get(DASHBOARD)
 

@@ -4,11 +4,12 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 
-from apps.mediator import admin_dead_letters, replay
-from apps.mediator.envelope import Envelope
-from apps.mediator.messages import QoS
+from apps.mediator.console import dead_letters as admin_dead_letters
+from apps.mediator.core.envelope import Envelope
+from apps.mediator.core.messages import QoS
 from apps.mediator.models import Delivery, Message
 from apps.mediator.runtime import get_mediator
+from apps.mediator.storage import replay
 from apps.orders.models import Order
 from apps.payments.contracts import ChargePayment
 
@@ -151,7 +152,7 @@ def test_the_message_page_shows_the_replay_history_and_a_replay_button_while_dea
     assert f'href="/admin/mediator/deadletter/{charge.pk}/replay/"' in html
     assert "never replayed" in html
 
-    replay.replay([charge.pk], actor="admin:someone-else")
+    replay.replay([charge.pk], actor="admin:someone-else", publish=get_mediator().transport.publish)
     html = ops_client.get(page).content.decode()
 
     assert f'href="/admin/mediator/deadletter/{charge.pk}/replay/"' not in html  # handled now
@@ -205,7 +206,9 @@ def test_each_message_gets_its_result_replayed_refused_or_dead_again(api, catalo
 def test_a_message_replayed_meanwhile_is_skipped(api, catalogue, monkeypatch, ops_client):
     _order, charge = stalled_order(api, monkeypatch)
     choose_replay(ops_client, [charge.pk])  # the confirmation page is open…
-    replay.replay([charge.pk], actor="admin:colleague")  # …while a colleague replays it
+    replay.replay(
+        [charge.pk], actor="admin:colleague", publish=get_mediator().transport.publish
+    )  # …while a colleague replays it
 
     done = choose_replay(ops_client, [charge.pk], confirm=True)
 

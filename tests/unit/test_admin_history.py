@@ -8,9 +8,9 @@ from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from apps.mediator import admin_conversation
-from apps.mediator.admin_paginator import CappedCountPaginator
-from apps.mediator.ids import new_id
+from apps.mediator.console import conversation as admin_conversation
+from apps.mediator.console.paginator import CappedCountPaginator
+from apps.mediator.core.ids import new_id
 from apps.mediator.models import Delivery, Message
 from apps.orders.models import Order
 
@@ -155,7 +155,7 @@ def test_the_capped_paginator_counts_no_further_than_its_horizon(api, catalogue)
 
 
 def test_the_list_says_more_than_when_the_count_is_capped(api, catalogue, support_client, monkeypatch):
-    monkeypatch.setattr("apps.mediator.admin_common.horizon_for", lambda page, per_page: 5)
+    monkeypatch.setattr("apps.mediator.console.common.horizon_for", lambda page, per_page: 5)
     place(api)
 
     html = support_client.get(LIST).content.decode()

@@ -11,7 +11,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from apps.mediator.ids import new_id
+from apps.mediator.core.ids import new_id
 from apps.mediator.models import Delivery, Message
 
 pytestmark = pytest.mark.django_db

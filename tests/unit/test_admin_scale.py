@@ -12,7 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from apps.mediator.ids import new_id
+from apps.mediator.core.ids import new_id
 from apps.mediator.models import Delivery, Message
 
 ROWS = 200_000

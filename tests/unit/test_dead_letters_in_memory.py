@@ -5,14 +5,14 @@ from types import SimpleNamespace
 import pytest
 from django.db import transaction
 
-from apps.mediator.dispatcher import DEAD, Dispatcher
-from apps.mediator.envelope import Envelope
-from apps.mediator.errors import PermanentError
-from apps.mediator.mediator import Mediator
-from apps.mediator.messages import Command, Kind, QoS
+from apps.mediator.core.envelope import Envelope
+from apps.mediator.core.errors import PermanentError
+from apps.mediator.core.messages import Command, Kind, QoS
+from apps.mediator.core.pipeline import Pipeline
+from apps.mediator.core.registry import Registry
+from apps.mediator.delivery.dispatcher import DEAD, Dispatcher
+from apps.mediator.delivery.mediator import Mediator
 from apps.mediator.models import Delivery, Message
-from apps.mediator.pipeline import Pipeline
-from apps.mediator.registry import Registry
 from apps.mediator.transports.memory import MemoryTransport
 
 pytestmark = pytest.mark.django_db(transaction=True)

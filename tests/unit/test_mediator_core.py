@@ -7,13 +7,13 @@ from types import SimpleNamespace
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from apps.mediator import codec
-from apps.mediator.envelope import Envelope
-from apps.mediator.errors import PermanentError, UndecodableMessage, ValidationFailed
-from apps.mediator.ids import id_timestamp_ms, new_id
-from apps.mediator.messages import Command, Event, Kind, QoS, subject_for
-from apps.mediator.pipeline import HandlerContext, Pipeline
-from apps.mediator.registry import HandlerSpec, Registry
+from apps.mediator.core import codec
+from apps.mediator.core.envelope import Envelope
+from apps.mediator.core.errors import PermanentError, UndecodableMessage, ValidationFailed
+from apps.mediator.core.ids import id_timestamp_ms, new_id
+from apps.mediator.core.messages import Command, Event, Kind, QoS, subject_for
+from apps.mediator.core.pipeline import HandlerContext, Pipeline
+from apps.mediator.core.registry import HandlerSpec, Registry
 
 
 class Brew(Command):
@@ -148,7 +148,7 @@ def test_behaviors_wrap_the_handler_in_configured_order():
 
 
 def test_validation_behavior_rejects_a_bad_locally_built_message():
-    from apps.mediator.behaviors import ValidationBehavior
+    from apps.mediator.core.behaviors import ValidationBehavior
 
     envelope = Envelope.for_message(Brew(cups=2), qos=QoS.AT_LEAST_ONCE)
     pipeline = Pipeline([ValidationBehavior()])

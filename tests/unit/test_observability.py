@@ -24,17 +24,18 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY
 
 from apps.inventory.contracts import ReleaseStock
-from apps.mediator.envelope import Envelope
-from apps.mediator.health import HealthServer
-from apps.mediator.messages import Command, QoS
+from apps.mediator.consumer.health import HealthServer
+from apps.mediator.consumer.worker import Worker
+from apps.mediator.core.conf import DEFAULTS
+from apps.mediator.core.envelope import Envelope
+from apps.mediator.core.messages import Command, QoS
+from apps.mediator.core.pipeline import HandlerContext, Pipeline
+from apps.mediator.core.ports import Subscription
+from apps.mediator.core.registry import HandlerSpec
 from apps.mediator.models import Message
 from apps.mediator.observability import MetricsBehavior, TracingBehavior, tracing
 from apps.mediator.observability.logs import ContextFilter, JsonFormatter
-from apps.mediator.pipeline import HandlerContext, Pipeline
-from apps.mediator.registry import HandlerSpec
 from apps.mediator.runtime import mediator
-from apps.mediator.transports.nats.topology import Durable
-from apps.mediator.worker import Worker
 from catga_site import config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,7 +142,7 @@ def test_the_environment_wins_over_the_file_and_the_file_over_the_defaults(tmp_p
     assert config.env_or("CATGA_MAX_ATTEMPTS", loaded.catga.max_attempts, 5, int) == 3
     assert config.env_or("CATGA_HANDLER_TIMEOUT", loaded.catga.handler_timeout, 30.0, float) == 30.0
     assert config.qos(config.env_or("CATGA_DEFAULT_QOS", loaded.catga.default_qos, "AtLeastOnce")) == "exactly_once"
-    assert "apps.mediator.behaviors.LoggingBehavior" not in config.behaviors(loaded)
+    assert "apps.mediator.core.behaviors.LoggingBehavior" not in config.behaviors(loaded, DEFAULTS["BEHAVIORS"])
     logging_config = config.logging_settings(loaded)
     assert logging_config["root"]["level"] == "WARNING"
     assert logging_config["loggers"]["catga.worker"]["level"] == "DEBUG"
@@ -197,7 +198,11 @@ def test_readiness_checks_the_database_and_nats_and_says_which_failed(client, se
     assert ready.status_code == 200, ready.content
     assert ready.json() == {"Database(alias='default')": "OK", "Nats()": "OK"}  # in memory: nothing to lose
 
-    settings.CATGA = {**settings.CATGA, "TRANSPORT": "nats", "NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    settings.CATGA = {
+        **settings.CATGA,
+        "TRANSPORT": "apps.mediator.transports.nats.publisher.NatsTransport",
+        "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+    }
     down = client.get("/health/ready?format=json", HTTP_HOST="10.42.0.7")
     assert down.status_code == 503
     assert down.json() == {"Database(alias='default')": "OK", "Nats()": "Unavailable: not connected to NATS"}
@@ -333,34 +338,37 @@ def test_json_log_lines_carry_level_logger_message_and_the_three_ids(spans):
 
 
 class HangingPull:
-    """A pull subscription whose fetch never returns, as after a reconnect gone wrong."""
+    """A subscription whose fetch never returns, as after a reconnect gone wrong."""
 
-    async def fetch(self, batch, timeout):
+    name, context = "obslab_cmd", "obslab"
+
+    async def fetch(self, most, timeout, spawn):
         await asyncio.Event().wait()
 
 
 class EmptyPull:
-    """A healthy idle subscription: every fetch times out after its timeout."""
+    """A healthy idle subscription: every fetch comes back empty after its timeout."""
 
-    async def fetch(self, batch, timeout):
+    name, context = "obslab_cmd", "obslab"
+
+    async def fetch(self, most, timeout, spawn):
         await asyncio.sleep(min(timeout, 0.05))
-        raise TimeoutError
 
 
 def liveness_after(subscription, *, observe: float) -> tuple[bool, bool]:
     """Run a worker's fetch loop on `subscription`; (live at start, live after `observe` seconds)."""
 
     async def scenario():
-        from apps.mediator.handler_pool import HandlerPool
-        from apps.mediator.worker import Slots
+        from apps.mediator.consumer.handler_pool import HandlerPool
+        from apps.mediator.consumer.worker import Slots
 
+        assert isinstance(subscription, Subscription)
         worker = Worker(dispatcher=None, transport=None, contexts=["obslab"], concurrency=2)
-        durable = Durable("obslab", "CATGA_CMD", "obslab_cmd", ("catga.obslab.cmd.>",))
         worker.slots = Slots(2)
         worker.pool = HandlerPool(asyncio.get_running_loop(), 2)
-        worker.subscriptions = [(durable, subscription)]
+        worker.subscriptions = [subscription]
         health = HealthServer(worker)
-        task = asyncio.create_task(worker._fetch_loop(durable, subscription))
+        task = asyncio.create_task(worker._fetch_loop(subscription))
         first = health.checks()["live"]["ok"]
         await asyncio.sleep(observe)
         status, _, body = health._route("/health/live")
@@ -384,6 +392,10 @@ def test_a_pull_that_never_returns_turns_consumer_liveness_false(settings):
 
 @pytest.mark.django_db
 def test_catga_status_says_clearly_when_nats_is_unreachable(settings):
-    settings.CATGA = {**settings.CATGA, "NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    settings.CATGA = {
+        **settings.CATGA,
+        "TRANSPORT": "apps.mediator.transports.nats.publisher.NatsTransport",
+        "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+    }
     with pytest.raises(CommandError, match="NATS is unreachable"):
         call_command("catga_status")

@@ -7,7 +7,7 @@ from django.db import transaction
 
 from apps.inventory.contracts import ReleaseStock, ReserveStock, StockLine, StockReserved
 from apps.inventory.models import Item, Reservation
-from apps.mediator import workflows
+from apps.mediator import WorkflowFailed, chain, group
 from apps.mediator.models import Message, SagaState, Workflow
 from apps.mediator.runtime import get_mediator
 from apps.orders.models import Order
@@ -92,10 +92,10 @@ def test_a_charge_that_succeeds_after_the_timeout_is_refunded(api, catalogue, mo
     get_mediator().transport.run_due(now=time.time() + settings.ORDER_STEP_TIMEOUT + 1)
     monkeypatch.delenv("FAKE_PROVIDER_OUTAGE")
 
-    from apps.mediator import replay
+    from apps.mediator.storage import replay
 
     dead = replay.dead_messages(type="payments.ChargePayment").get()
-    replay.replay([dead.id], actor="test")
+    replay.replay([dead.id], actor="test", publish=get_mediator().transport.publish)
 
     assert list(Payment.objects.filter(order_id=order_id).values_list("status", flat=True)) == ["refunded"]
     assert ("charge_payment", "late_reply_compensated") in events(saga_of(api, order_id))
@@ -129,9 +129,9 @@ def test_a_reply_delivered_again_does_not_advance_the_saga_twice(api, catalogue)
     # Inventory says "reserved" a second time (a new message of the same conversation).
     import msgspec
 
-    from apps.mediator.envelope import Envelope
-    from apps.mediator.messages import QoS
-    from apps.mediator.transports.base import Outgoing
+    from apps.mediator.core.envelope import Envelope
+    from apps.mediator.core.messages import QoS
+    from apps.mediator.core.ports import Outgoing
 
     reply = StockReserved(order_id=order_id)
     first = Message.objects.get(type="inventory.StockReserved", correlation_id=order.correlation_id)
@@ -146,7 +146,7 @@ def test_a_reply_delivered_again_does_not_advance_the_saga_twice(api, catalogue)
 
 
 def test_a_chain_runs_in_order_and_stops_at_the_first_failure(db, catalogue):
-    ok = workflows.chain(
+    ok = chain(
         ReserveStock(order_id="w1", lines=(StockLine(sku="SKU-A", quantity=1),)),
         ReserveStock(order_id="w2", lines=(StockLine(sku="SKU-B", quantity=1),)),
         ReleaseStock(order_id="w1"),
@@ -156,18 +156,18 @@ def test_a_chain_runs_in_order_and_stops_at_the_first_failure(db, catalogue):
     assert Reservation.objects.get(order_id="w1").status == "released"
 
     Reservation.objects.create(order_id="gone", lines=[], status="released")
-    bad = workflows.chain(
+    bad = chain(
         ReserveStock(order_id="gone", lines=(StockLine(sku="SKU-A", quantity=1),)),
         ReleaseStock(order_id="never-sent"),
     )
-    with pytest.raises(workflows.WorkflowFailed, match="member 0 .*Conflict: reservation for order gone"):
+    with pytest.raises(WorkflowFailed, match="member 0 .*Conflict: reservation for order gone"):
         bad.wait(timeout=5)
     assert not Message.objects.filter(payload__order_id="never-sent").exists()
 
 
 def test_a_group_fans_out_and_fires_its_callback_once_when_all_are_done(db, catalogue):
     with transaction.atomic():
-        handle = workflows.group(
+        handle = group(
             [ReserveStock(order_id=f"g{i}", lines=(StockLine(sku="SKU-A", quantity=1),)) for i in range(10)],
             callback=ReleaseStock(order_id="g0"),
         )
@@ -181,15 +181,17 @@ def test_a_group_fans_out_and_fires_its_callback_once_when_all_are_done(db, cata
 
 
 def test_a_replay_that_lost_the_race_to_another_is_skipped_not_repeated(api, catalogue, monkeypatch):
-    from apps.mediator import replay
+    from apps.mediator.storage import replay
 
     monkeypatch.setenv("FAKE_PROVIDER_OUTAGE", "1")
     place(api)
     monkeypatch.delenv("FAKE_PROVIDER_OUTAGE")
     dead = replay.dead_messages(type="payments.ChargePayment").get()
 
-    first = replay.replay([dead.id], actor="admin:alice", only_dead=True)
-    second = replay.replay([dead.id], actor="admin:bob", only_dead=True)  # confirmed a moment later
+    first = replay.replay([dead.id], actor="admin:alice", only_dead=True, publish=get_mediator().transport.publish)
+    second = replay.replay(
+        [dead.id], actor="admin:bob", only_dead=True, publish=get_mediator().transport.publish
+    )  # confirmed a moment later
 
     assert first[0].ok and not second[0].ok
     assert "no longer a dead letter" in second[0].detail

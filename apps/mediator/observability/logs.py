@@ -17,7 +17,7 @@ import logging
 
 from opentelemetry import trace
 
-from apps.mediator.context import current_envelope
+from apps.mediator.core.context import current_envelope
 
 IDS = ("message_id", "correlation_id", "trace_id", "span_id")
 

@@ -27,7 +27,7 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from apps.mediator.messages import message_type
+from apps.mediator.core.messages import message_type
 
 SENT = Counter(
     "catga_messages_sent",
@@ -150,8 +150,8 @@ class MetricsBehavior:
             series.duration.observe(time.perf_counter() - start)
 
 
-def set_jetstream(snapshot) -> None:
-    """Copy a JetStream snapshot (observability.jetstream.Snapshot) into the gauges."""
+def set_backlog(snapshot) -> None:
+    """Copy a reading of the message system (core.ports.Backlog) into the gauges."""
     for stream in snapshot.streams:
         STREAM_MESSAGES.labels(stream.name).set(stream.messages)
         STREAM_BYTES.labels(stream.name).set(stream.bytes)

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, S
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from apps.mediator.conf import catga_settings
+from apps.mediator.core.conf import catga_settings
 
 logger = logging.getLogger("catga.tracing")
 

@@ -17,15 +17,17 @@ from collections.abc import Sequence
 import msgspec
 from django.utils import timezone
 
-from apps.mediator import history
-from apps.mediator.dispatcher import RETRY, Dispatcher
+from apps.mediator.core.ports import Outgoing, Transport
+from apps.mediator.delivery.dispatcher import RETRY, Dispatcher
 from apps.mediator.models import Message
-from apps.mediator.transports.base import Outgoing, Transport
+from apps.mediator.storage import history
 
 
 class MemoryTransport(Transport):
+    label = "memory"
+
     def __init__(self, dispatcher: Dispatcher):
-        self.dispatcher = dispatcher
+        super().__init__(dispatcher)
         self._local = threading.local()
 
     def publish(self, batch: Sequence[Outgoing]) -> None:

@@ -14,10 +14,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 from django.utils import timezone
 
-from apps.mediator.conf import catga_settings
 from apps.mediator.models import Message
-from apps.mediator.observability import jetstream
-from apps.mediator.transports.nats import connection
+from apps.mediator.runtime import get_mediator
 
 TIMEOUT = 10.0  # seconds for the whole JetStream read
 
@@ -25,7 +23,7 @@ TIMEOUT = 10.0  # seconds for the whole JetStream read
 class Command(BaseCommand):
     help = (
         "Show JetStream streams and consumers (pending, ack pending), dead letters and the outbox backlog. "
-        "Exits with an error when NATS is unreachable."
+        "Exits with an error when the message system is unreachable."
     )
 
     def add_arguments(self, parser):
@@ -34,15 +32,19 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, as_json: bool = False, **options):
+        transport = get_mediator().transport
         try:
-            snapshot = asyncio.run(_read_jetstream())
+            snapshot = asyncio.run(asyncio.wait_for(transport.backlog(), TIMEOUT))
+        except NotImplementedError as exc:
+            raise CommandError(f"catga_status needs a broker transport: {exc}") from exc
         except ConnectionError as exc:
-            raise CommandError(f"NATS is unreachable: {exc}") from exc
+            raise CommandError(f"{transport.label} is unreachable: {exc}") from exc
         except TimeoutError as exc:
-            raise CommandError(f"NATS did not answer within {TIMEOUT:g}s") from exc
+            raise CommandError(f"{transport.label} did not answer within {TIMEOUT:g}s") from exc
         status = {
             **snapshot.as_dict(),
-            "nats_url": catga_settings.NATS_URL,
+            "transport": transport.label,
+            "url": getattr(transport, "url", ""),
             "outbox": _outbox(),
         }
         if as_json:
@@ -52,7 +54,7 @@ class Command(BaseCommand):
 
     def _tables(self, status: dict) -> None:
         out = self.stdout
-        out.write(f"NATS {status['nats_url']}\n")
+        out.write(f"{status['transport']} {status['url']}\n")
         out.write(
             _table(
                 ["stream", "messages", "bytes", "consumers"],
@@ -82,14 +84,6 @@ class Command(BaseCommand):
             out.write(
                 self.style.WARNING(f"missing: {', '.join(status['missing'])} (no process has provisioned them)\n")
             )
-
-
-async def _read_jetstream() -> jetstream.Snapshot:
-    nc = await connection.connect("catga-status", attempts=1)
-    try:
-        return await asyncio.wait_for(jetstream.snapshot(nc.jetstream()), TIMEOUT)
-    finally:
-        await nc.close()
 
 
 def _outbox() -> dict:

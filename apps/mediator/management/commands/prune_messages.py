@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
-from apps.mediator.conf import catga_settings
+from apps.mediator.core.conf import catga_settings
 from apps.mediator.models import Delivery, Message
 
 FINISHED = [Message.Status.HANDLED, Message.Status.PUBLISHED]

@@ -4,14 +4,13 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.mediator import outbox
-from apps.mediator.conf import catga_settings
+from apps.mediator.core.conf import catga_settings
 from apps.mediator.runtime import get_mediator
-from apps.mediator.transports.nats.publisher import NatsTransport
+from apps.mediator.storage import outbox
 
 
 class Command(BaseCommand):
-    help = "Publish due outbox rows to NATS JetStream; once, or in a loop with --loop."
+    help = "Publish due outbox rows through the configured transport; once, or in a loop with --loop."
 
     def add_arguments(self, parser):
         parser.add_argument("--loop", action="store_true", help="Keep sweeping every RELAY_INTERVAL seconds.")
@@ -19,8 +18,6 @@ class Command(BaseCommand):
 
     def handle(self, *args, loop, batch, **options):
         transport = get_mediator().transport
-        if not isinstance(transport, NatsTransport):
-            raise CommandError("relay_outbox needs CATGA_TRANSPORT=nats")
         if batch is not None and batch < 1:
             raise CommandError("--batch must be at least 1")
         try:

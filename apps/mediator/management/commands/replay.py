@@ -2,7 +2,8 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.mediator import replay
+from apps.mediator.runtime import get_mediator
+from apps.mediator.storage import replay
 
 
 class Command(BaseCommand):
@@ -33,7 +34,7 @@ class Command(BaseCommand):
             for message_id in message_ids:
                 self.stdout.write(f"would replay {message_id}")
             return
-        results = replay.replay(message_ids, actor=actor)
+        results = replay.replay(message_ids, actor=actor, publish=get_mediator().transport.publish)
         for result in results:
             self.stdout.write(f"{result.message_id}: {result.detail}")
         failed = [r for r in results if not r.ok]

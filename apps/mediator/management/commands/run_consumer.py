@@ -1,13 +1,12 @@
-"""`manage.py run_consumer`: handle the chosen contexts' messages from NATS JetStream."""
+"""`manage.py run_consumer`: handle the chosen contexts' messages from the configured transport."""
 
 import asyncio
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.mediator.conf import catga_settings
-from apps.mediator.runtime import build_dispatcher, get_registry
-from apps.mediator.transports.nats.publisher import NatsTransport
-from apps.mediator.worker import Worker
+from apps.mediator.consumer.worker import Worker
+from apps.mediator.core.conf import catga_settings
+from apps.mediator.runtime import get_mediator, get_registry
 
 
 class Command(BaseCommand):
@@ -44,26 +43,23 @@ class Command(BaseCommand):
             raise CommandError("--concurrency must be at least 1")
         if health_port is not None and not 0 <= health_port <= 65535:
             raise CommandError("--health-port must be between 0 and 65535")
-        dispatcher = build_dispatcher()
-        transport = _process_transport(dispatcher)
+        # The process-wide mediator's transport, so handlers' sends share the worker's connection.
+        mediator = get_mediator()
         worker = Worker(
-            dispatcher, transport, contexts, concurrency=concurrency, health_port=health_port, relay=not no_relay
+            mediator.dispatcher,
+            mediator.transport,
+            contexts,
+            concurrency=concurrency,
+            health_port=health_port,
+            relay=not no_relay,
         )
         try:
             asyncio.run(worker.run())
+        except NotImplementedError as exc:
+            raise CommandError(f"run_consumer needs a transport with consumers (CATGA_TRANSPORT): {exc}") from exc
         except ConnectionError as exc:
             raise CommandError(str(exc)) from exc
         except TimeoutError as exc:  # an OSError too: NATS's own (nats.errors.TimeoutError) is one
             raise CommandError(f"NATS did not answer while starting: {exc!r}") from exc
         except OSError as exc:  # the health port is taken
             raise CommandError(f"cannot serve the health port {health_port}: {exc}") from exc
-
-
-def _process_transport(dispatcher) -> NatsTransport:
-    """The process-wide transport, so handlers' sends share the worker's connection."""
-    from apps.mediator.runtime import get_mediator
-
-    transport = get_mediator().transport
-    if not isinstance(transport, NatsTransport):
-        raise CommandError("run_consumer needs CATGA_TRANSPORT=nats (the in-memory transport has no workers)")
-    return transport

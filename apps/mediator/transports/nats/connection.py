@@ -7,7 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 import nats
 from nats.aio.client import Client
 
-from apps.mediator.conf import catga_settings
+from apps.mediator.core.conf import catga_settings
 
 logger = logging.getLogger("catga.nats")
 

@@ -24,12 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from django.db import close_old_connections, connections
 from nats.js.errors import NotFoundError
 
-from apps.mediator import history
-from apps.mediator.conf import catga_settings
-from apps.mediator.envelope import Envelope
-from apps.mediator.messages import SUBJECT_SEGMENT, QoS
-from apps.mediator.transports.base import Outgoing, Transport
-from apps.mediator.transports.nats import connection, topology
+from apps.mediator.core.conf import catga_settings
+from apps.mediator.core.envelope import Envelope
+from apps.mediator.core.messages import SUBJECT_SEGMENT, QoS
+from apps.mediator.core.ports import Outgoing, Transport
+from apps.mediator.storage import history
+from apps.mediator.transports.nats import connection, stats, topology
+from apps.mediator.transports.nats.subscription import NatsReceiver
 
 logger = logging.getLogger("catga.nats")
 
@@ -50,8 +51,14 @@ def _mark_published(ids: list[str]) -> None:
 
 
 class NatsTransport(Transport):
+    label = "NATS"
+
+    @property
+    def url(self) -> str:
+        return catga_settings.NATS_URL
+
     def __init__(self, dispatcher):
-        self.registry = dispatcher.registry
+        super().__init__(dispatcher)
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -237,14 +244,11 @@ class NatsTransport(Transport):
         Called from a web request: answers within `timeout` whatever NATS does, and {}
         (shown as "n/a") when NATS is unreachable or slow. The first call starts the connection.
         """
-        # The reader behind catga_status and the lag gauges (imported here: it imports topology).
-        from apps.mediator.observability import jetstream
-
         loop = self._ensure_loop()
         with contextlib.suppress(RuntimeError):
             if asyncio.get_running_loop() is loop:
                 return {}  # on the loop itself a blocking wait would never end
-        future = asyncio.run_coroutine_threadsafe(self._consumer_pending(jetstream.snapshot, timeout), loop)
+        future = asyncio.run_coroutine_threadsafe(self._consumer_pending(stats.snapshot, timeout), loop)
         try:
             return future.result(timeout + 0.5)
         except Exception as exc:  # NATS refusing, or the loop too busy to answer: the dashboard says n/a
@@ -263,6 +267,17 @@ class NatsTransport(Transport):
         except TimeoutError:
             return {}
         return {consumer.name: consumer.pending for consumer in found.consumers}
+
+    async def open_receiver(self, contexts, name: str):
+        return await NatsReceiver.open(self, contexts, name)
+
+    async def backlog(self):
+        """Every stream and consumer of the app, on a connection of its own (catga_status)."""
+        nc = await connection.connect("catga-status", attempts=1)
+        try:
+            return await stats.snapshot(nc.jetstream())
+        finally:
+            await nc.close()
 
     def close(self) -> None:
         # Let publishes handed over just before exit finish (the relay would catch up, but later).

@@ -27,9 +27,9 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
-from apps.mediator.conf import catga_settings
-from apps.mediator.messages import Kind, subject_for
-from apps.mediator.registry import Registry
+from apps.mediator.core.conf import catga_settings
+from apps.mediator.core.messages import Kind, subject_for
+from apps.mediator.core.registry import Registry
 
 logger = logging.getLogger("catga.nats")
 PROVISION_ATTEMPTS = 5

@@ -1,0 +1,150 @@
+"""The mediator's settings: one namespaced dict, `CATGA`, read lazily like DRF's.
+
+Defaults, declared here once (override any key in settings.CATGA; catga_site's settings
+set only what the environment gives, as CATGA_<KEY>):
+
+TRANSPORT           Dotted path of the Transport class: the in-memory one (tests, one
+                    process) or apps.mediator.transports.nats.publisher.NatsTransport.
+NATS_URL            Server URL(s), comma separated.
+CONTEXTS            {context name: handlers module}; empty (the default): every installed
+                    app with a contracts.py and a handlers.py is a context, named by its
+                    label (or its AppConfig's `catga_context`).
+BEHAVIORS           Dotted paths of pipeline behaviors, outermost first (like MIDDLEWARE).
+DEFAULT_QOS         "at_least_once"; a message type's Meta.qos overrides it.
+MAX_ATTEMPTS        Deliveries before a failing message is dead-lettered.
+RETRY_BACKOFF       Base delay in seconds of the exponential retry backoff.
+RETRY_BACKOFF_MAX   Cap of that delay in seconds.
+HANDLER_TIMEOUT     Seconds a handler may run; a message type's Meta.timeout overrides it.
+RECORD_HISTORY      Store every message and delivery in the history tables (env
+                    CATGA_RECORD_HISTORY). Off, only what delivery needs is written:
+                    - the outbox row of every AtLeastOnce/ExactlyOnce send, in the
+                      sender's transaction (so a rollback sends nothing and the relay
+                      covers a NATS outage); an AtLeastOnce row is deleted once JetStream
+                      has the message; AtMostOnce sends are not stored at all;
+                    - ExactlyOnce messages keep their Message row and their inbox record
+                      (Delivery) in the handler's transaction, as with history on;
+                    - failures, dead letters and replays are recorded as usual.
+                    AtLeastOnce deliveries that succeed leave no rows, so no redelivery is
+                    suppressed (at-least-once, as named) and `Handle.status()` / `wait()`
+                    and the admin know nothing of them.
+HISTORY_RETENTION_DAYS
+                    Days `manage.py prune_messages` keeps finished messages (None: forever);
+                    pending, retrying and dead messages are kept until resolved.
+SUBJECT_PREFIX      First token of every NATS subject (and of stream names, upper-cased).
+NATS_TOKEN, NATS_USER, NATS_PASSWORD, NATS_CREDS
+                    Credentials (from a Secret), any one style.
+STREAM_REPLICAS     JetStream replicas of the app's streams (3 on a 3-node cluster).
+STREAM_MAX_AGE      Seconds a message stays in the command/event streams.
+DLQ_MAX_AGE         Seconds a dead letter stays in the dead-letter stream.
+STREAM_STORAGE      "file" or "memory".
+DUPLICATE_WINDOW    Seconds JetStream remembers a Nats-Msg-Id to drop re-publishes.
+ACK_WAIT            Seconds before an unacknowledged delivery is redelivered.
+CONCURRENCY         Handler threads per run_consumer process.
+FETCH_BATCH         Most messages fetched per pull request.
+PREFETCH_MULTIPLIER Messages in flight per handler thread (Celery's worker_prefetch_multiplier):
+                    a thread takes its share of a fetched batch in one hand-off. 1 gives
+                    a slow handler's neighbours no wait behind it, at more cost per message.
+PREFETCH_SECONDS    With fast handlers, more messages in flight than CONCURRENCY x PREFETCH_MULTIPLIER:
+                    as many as the process handles in this many seconds (the most work it
+                    holds back from other replicas), up to 4 x FETCH_BATCH.
+GROUP_COMMIT        Seconds a handler thread may keep adding deliveries to one transaction
+                    (a group commit: one disk flush for several). 0 commits each on its own.
+NATS_PING_INTERVAL  Seconds between pings to the NATS server; three unanswered ones mark the
+                    connection stale (a frozen server), so it reconnects and readiness turns
+                    false in about four intervals instead of nats-py's default of minutes.
+CONNECT_ATTEMPTS    Tries to reach NATS at start-up before run_consumer gives up.
+PUBLISH_TIMEOUT     Seconds to wait for JetStream's ack of a publish.
+RELAY_INTERVAL      Seconds between outbox relay sweeps.
+RELAY_GRACE         Age in seconds before the relay takes over an unpublished row
+                    (younger rows are still being published right after commit).
+RELAY_BATCH         Rows per relay transaction.
+SHUTDOWN_GRACE      Seconds run_consumer gives in-flight handlers after SIGTERM.
+MAX_BODY_BYTES      Largest message body a worker decodes; bigger ones are dead-lettered unread.
+LIVENESS_WINDOW     Seconds without progress (a fetch returning, a handler heartbeat) before
+                    run_consumer's /health/live fails and Kubernetes restarts it.
+METRICS_INTERVAL    Seconds between run_consumer's readings of JetStream lag and outbox backlog.
+TRACING             Record OpenTelemetry spans (needs TRACE_OTLP or TRACE_FILE to send them).
+TRACE_OTLP          Export spans over OTLP/HTTP (configured by the OTEL_EXPORTER_OTLP_* variables).
+TRACE_FILE          Also write finished spans as JSON lines to this file (debugging, tests).
+SERVICE_NAME        OpenTelemetry service.name of this process.
+"""
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+DEFAULTS = {
+    "TRANSPORT": "apps.mediator.transports.memory.MemoryTransport",
+    "NATS_URL": "nats://127.0.0.1:4222",
+    "CONTEXTS": {},
+    "BEHAVIORS": [
+        "apps.mediator.observability.TracingBehavior",
+        "apps.mediator.core.behaviors.LoggingBehavior",
+        "apps.mediator.observability.MetricsBehavior",
+        "apps.mediator.core.behaviors.ValidationBehavior",
+    ],
+    "DEFAULT_QOS": "at_least_once",
+    "MAX_ATTEMPTS": 5,
+    "RETRY_BACKOFF": 0.5,
+    "RETRY_BACKOFF_MAX": 60.0,
+    "HANDLER_TIMEOUT": 30.0,
+    "RECORD_HISTORY": True,
+    "HISTORY_RETENTION_DAYS": 30,
+    "SUBJECT_PREFIX": "catga",
+    "NATS_TOKEN": "",
+    "NATS_USER": "",
+    "NATS_PASSWORD": "",
+    "NATS_CREDS": "",
+    "STREAM_REPLICAS": 1,
+    "STREAM_MAX_AGE": 7 * 24 * 3600,
+    "DLQ_MAX_AGE": 30 * 24 * 3600,
+    "STREAM_STORAGE": "file",
+    "DUPLICATE_WINDOW": 120,
+    "ACK_WAIT": 30.0,
+    "CONCURRENCY": 8,
+    "FETCH_BATCH": 64,
+    "PREFETCH_MULTIPLIER": 4,
+    "PREFETCH_SECONDS": 0.25,
+    "GROUP_COMMIT": 0.02,
+    "NATS_PING_INTERVAL": 10.0,
+    "CONNECT_ATTEMPTS": 5,
+    "PUBLISH_TIMEOUT": 5.0,
+    "RELAY_INTERVAL": 1.0,
+    "RELAY_GRACE": 5.0,
+    "RELAY_BATCH": 200,
+    "SHUTDOWN_GRACE": 20.0,
+    "MAX_BODY_BYTES": 256 * 1024,
+    "LIVENESS_WINDOW": 30.0,
+    "METRICS_INTERVAL": 15.0,
+    "TRACING": False,
+    "TRACE_OTLP": False,
+    "TRACE_FILE": "",
+    "SERVICE_NAME": "catga",
+}
+
+
+class CatgaSettings:
+    def __init__(self) -> None:
+        self._cache: dict = {}
+
+    def __getattr__(self, name: str):
+        if name not in DEFAULTS:
+            raise AttributeError(f"unknown CATGA setting {name!r}")
+        if name not in self._cache:
+            user = getattr(settings, "CATGA", {})
+            self._cache[name] = user.get(name, DEFAULTS[name])
+        return self._cache[name]
+
+    def reload(self) -> None:
+        self._cache.clear()
+
+
+catga_settings = CatgaSettings()
+
+
+def _reload(*, setting: str, **kwargs) -> None:
+    # The runtime resets its mediator on the same signal (it is connected after this one).
+    if setting == "CATGA":
+        catga_settings.reload()
+
+
+setting_changed.connect(_reload)

@@ -1,0 +1,105 @@
+"""Which handler runs for which message, checked once at start-up.
+
+Each context lists its handlers explicitly in its `handlers` module:
+
+    COMMANDS = {ReserveStock: reserve_stock}
+    QUERIES = {GetItems: get_items}
+    EVENTS = {OrderConfirmed: [commit_reservation]}
+
+A command or query has exactly one handler, in the context that owns it; an event
+has any number, in any context. Mistakes stop start-up with every problem listed.
+"""
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from django.core.exceptions import ImproperlyConfigured
+
+from apps.mediator.core.messages import _TYPES, Command, Event, Kind, Message, Query
+
+Handler = Callable
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    context: str
+    func: Handler
+
+    @property
+    def name(self) -> str:
+        return f"{self.context}:{self.func.__module__}.{self.func.__qualname__}"
+
+
+@dataclass
+class Registry:
+    single: dict[type[Message], HandlerSpec] = field(default_factory=dict)
+    events: dict[type[Message], list[HandlerSpec]] = field(default_factory=dict)
+    contexts: tuple[str, ...] = ()
+
+    @classmethod
+    def from_maps(cls, maps: Mapping[str, object], *, strict: bool = True) -> "Registry":
+        """Build from {context: module-or-object with COMMANDS/QUERIES/EVENTS}."""
+        registry = cls(contexts=tuple(maps))
+        problems: list[str] = []
+        for context, source in maps.items():
+            for attr, base in (("COMMANDS", Command), ("QUERIES", Query)):
+                for msg_type, func in getattr(source, attr, {}).items():
+                    problems += registry._add_single(context, msg_type, func, base)
+            for msg_type, funcs in getattr(source, "EVENTS", {}).items():
+                if not (isinstance(msg_type, type) and issubclass(msg_type, Event)):
+                    problems.append(f"{context}: EVENTS key {msg_type!r} is not an Event")
+                    continue
+                for func in funcs:
+                    registry.events.setdefault(msg_type, []).append(HandlerSpec(context, func))
+        if strict:
+            problems += registry._unhandled()
+        if problems:
+            raise ImproperlyConfigured("Catga handler registry:\n  " + "\n  ".join(problems))
+        return registry
+
+    @classmethod
+    def from_settings(cls, contexts: Mapping[str, str]) -> "Registry":
+        return cls.from_maps({name: importlib.import_module(path) for name, path in contexts.items()})
+
+    def _add_single(self, context, msg_type, func, base) -> list[str]:
+        if not (isinstance(msg_type, type) and issubclass(msg_type, base)):
+            return [f"{context}: {msg_type!r} is not a {base.__name__}"]
+        wire_name = msg_type.options.wire_name
+        if msg_type in self.single:
+            other = self.single[msg_type]
+            return [f"{wire_name} has two handlers: {other.name} and {context}:{func.__qualname__}"]
+        owner = msg_type.options.context
+        if owner != context:
+            return [f"{wire_name} is owned by {owner!r} but handled in {context!r}"]
+        self.single[msg_type] = HandlerSpec(context, func)
+        return []
+
+    def _unhandled(self) -> list[str]:
+        problems = []
+        for wire_name, msg_type in sorted(_TYPES.items()):
+            if msg_type.kind is Kind.EVENT or msg_type.options.context not in self.contexts:
+                continue
+            if msg_type not in self.single:
+                problems.append(f"{wire_name} ({msg_type.kind}) has no handler")
+        return problems
+
+    def handler_for(self, msg_type: type[Message]) -> HandlerSpec | None:
+        return self.single.get(msg_type)
+
+    def handlers_for(self, msg_type: type[Message], context: str | None = None) -> list[HandlerSpec]:
+        """The handlers a process serving `context` (None: every context) runs."""
+        if msg_type.kind is Kind.EVENT:
+            specs = self.events.get(msg_type, [])
+        else:
+            spec = self.single.get(msg_type)
+            specs = [spec] if spec else []
+        if context is None:
+            return list(specs)
+        return [s for s in specs if s.context == context]
+
+    def subscriptions(self, context: str) -> list[type[Message]]:
+        """Message types a consumer of `context` must receive."""
+        own = [t for t, s in self.single.items() if s.context == context and t.kind is Kind.COMMAND]
+        events = [t for t, specs in self.events.items() if any(s.context == context for s in specs)]
+        return own + events

@@ -1,0 +1,270 @@
+"""Orchestrated sagas: ordered steps, each a command and the events that settle it.
+
+    class OrderSaga(Saga):
+        context = "orders"
+        steps = [
+            Step("reserve_stock", send=lambda d: ReserveStock(...), completes_on=[StockReserved],
+                 fails_on=[StockReservationFailed], compensate=lambda d: ReleaseStock(...), timeout=30),
+            Step("charge_payment", ...),
+            Step("confirm_order", ..., pivot=True),
+        ]
+
+        def on_failed(data, reason):       # after the compensations: the last word
+            return CancelOrder(order_id=data["order_id"], reason=reason)
+
+The saga's state (a SagaState row per conversation) is advanced by the reply's
+handler, in the same transaction as the reply's inbox record: one reply advances a
+saga at most once, and a restarted worker simply carries on from the database.
+A step's timeout is a durable scheduled command (the outbox holds it); it is
+ignored if the step settled first. On failure, timeout or cancellation the
+compensations of the completed steps are sent in reverse order, then `on_failed`.
+A reply that arrives for the in-flight step after the saga gave up is undone with
+that step's compensation. Once a `pivot` step has been sent, the saga can no
+longer be cancelled (it is the point of no return).
+"""
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import msgspec
+from django.utils import timezone
+
+from apps.mediator.core.context import current_envelope
+from apps.mediator.core.errors import Conflict
+from apps.mediator.core.messages import Command, Event
+from apps.mediator.models import Message as MessageRow
+from apps.mediator.models import SagaState
+
+Status = SagaState.Status
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    send: Callable[[dict], Command]
+    completes_on: Sequence[type[Event]]
+    fails_on: Sequence[type[Event]] = ()
+    compensate: Callable[[dict], Command] | None = None
+    timeout: float | Callable[[], float] = 30.0
+    pivot: bool = False
+    # Folds a completing reply into the saga's data (e.g. remember the payment id).
+    on_reply: Callable[[dict, Event], dict] | None = None
+    failure_reason: Callable[[Event], str] = field(default=lambda event: getattr(event, "reason", "failed"))
+
+    def timeout_seconds(self) -> float:
+        return self.timeout() if callable(self.timeout) else self.timeout
+
+
+class Saga:
+    name: ClassVar[str]
+    context: ClassVar[str]
+    steps: ClassVar[Sequence[Step]]
+    Timeout: ClassVar[type[Command]]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.name = getattr(cls, "name", None) or cls.__name__
+        # The step timeout is a command of the saga's own context, scheduled durably.
+        cls.Timeout = msgspec.defstruct(
+            f"{cls.__name__}Timeout",
+            [("saga_id", int), ("step", int), ("attempt", int, 0)],
+            bases=(Command,),
+            module=cls.__module__,
+            namespace={"Meta": type("Meta", (), {"context": cls.context, "name": f"{cls.__name__}Timeout"})},
+        )
+
+    # -- what the context registers --------------------------------------------
+
+    @classmethod
+    def event_handlers(cls) -> dict[type[Event], list]:
+        handlers: dict[type[Event], list] = {}
+        for step in cls.steps:
+            for event_type in (*step.completes_on, *step.fails_on):
+                handlers.setdefault(event_type, [])
+                if not handlers[event_type]:
+                    handlers[event_type].append(_reply_handler(cls))
+        return handlers
+
+    @classmethod
+    def command_handlers(cls) -> dict[type[Command], Callable]:
+        def on_timeout(command, ctx):
+            cls._timed_out(command, ctx.mediator)
+
+        on_timeout.__qualname__ = f"{cls.__name__}.on_timeout"
+        return {cls.Timeout: on_timeout}
+
+    # -- the engine -----------------------------------------------------------------
+
+    @staticmethod
+    def on_completed(data: dict) -> Command | None:
+        return None
+
+    @staticmethod
+    def on_failed(data: dict, reason: str) -> Command | None:
+        return None
+
+    @classmethod
+    def start(cls, data: dict, *, mediator) -> SagaState:
+        """Begin a saga for the conversation being handled (call it from a handler, with `ctx.mediator`)."""
+        envelope = current_envelope.get()
+        if envelope is None:
+            raise RuntimeError("start a saga from a handler: it belongs to the conversation being handled")
+        state = SagaState.objects.create(name=cls.name, correlation_id=envelope.correlation_id, data=data)
+        cls._start_step(state, 0, mediator)
+        state.save()
+        return state
+
+    @classmethod
+    def state_for(cls, correlation_id: str, *, lock: bool = False) -> SagaState | None:
+        rows = SagaState.objects.filter(name=cls.name, correlation_id=correlation_id)
+        return (rows.select_for_update() if lock else rows).first()
+
+    @classmethod
+    def cancel(cls, correlation_id: str, reason: str = "cancelled", *, mediator) -> SagaState:
+        """Stop the saga and undo what it did; refused once its pivot step was sent."""
+        state = cls.state_for(correlation_id, lock=True)
+        if state is None:
+            raise Conflict("nothing to cancel: no saga for this conversation")
+        if state.status != Status.RUNNING:
+            raise Conflict(f"the saga is already {state.status}")
+        if cls.steps[state.current_step].pivot:
+            raise Conflict(f"too late to cancel: step {cls.steps[state.current_step].name!r} is under way")
+        cls._log(state, state.current_step, "cancelled", detail=reason)
+        cls._stop_timer(state)
+        cls._give_up(state, reason, mediator, status=Status.CANCELLED)
+        state.save()
+        return state
+
+    @classmethod
+    def _start_step(cls, state: SagaState, index: int, mediator) -> None:
+        step = cls.steps[index]
+        state.current_step = index
+        handle = mediator.send(step.send(state.data))
+        timer = mediator.send(cls.Timeout(saga_id=state.pk, step=index), countdown=step.timeout_seconds())
+        cls._log(state, index, "started", message_id=handle.message_id, detail=f"timeout {timer.message_id}")
+        state.data = {**state.data, "_timer": timer.message_id}
+
+    @staticmethod
+    def _stop_timer(state: SagaState) -> None:
+        """The step settled: drop its timeout while it still sits unpublished in the outbox
+        (one message fewer to publish and handle); a published one will find nothing to do."""
+        timer = state.data.get("_timer")
+        if timer:
+            MessageRow.objects.filter(pk=timer, status=MessageRow.Status.PENDING).delete()
+
+    @classmethod
+    def _on_reply(cls, event: Event, ctx) -> None:
+        state = cls.state_for(ctx.correlation_id, lock=True)
+        if state is None:
+            return  # a reply of a conversation this saga is not part of
+        index = cls._step_of(event, state)
+        if index is None:
+            return
+        step = cls.steps[index]
+        completed = type(event) in step.completes_on
+        if state.status == Status.RUNNING and index == state.current_step:
+            cls._stop_timer(state)
+            if completed:
+                cls._log(state, index, "completed", message_id=ctx.message_id)
+                if step.on_reply:
+                    state.data = {**state.data, **step.on_reply(state.data, event)}
+                if index + 1 < len(cls.steps):
+                    cls._start_step(state, index + 1, ctx.mediator)
+                else:
+                    state.status = Status.COMPLETED
+                    follow_up = cls.on_completed(state.data)
+                    if follow_up is not None:
+                        ctx.mediator.send(follow_up)
+            else:
+                reason = step.failure_reason(event)
+                cls._log(state, index, "failed", message_id=ctx.message_id, detail=reason)
+                cls._give_up(state, reason, ctx.mediator, status=Status.FAILED)
+        elif completed and index == state.current_step and state.status in (Status.FAILED, Status.CANCELLED):
+            # The step succeeded after the saga gave up on it (timeout, cancel): undo it.
+            if step.compensate and not cls._compensated(state, index):
+                cls._log(state, index, "late_reply_compensated", message_id=ctx.message_id)
+                ctx.mediator.send(step.compensate(state.data))
+        else:
+            cls._log(state, index, "ignored_reply", message_id=ctx.message_id, detail=type(event).__name__)
+        state.save()
+
+    @classmethod
+    def _timed_out(cls, command, mediator) -> None:
+        state = SagaState.objects.select_for_update().filter(pk=command.saga_id, name=cls.name).first()
+        if state is None or state.status != Status.RUNNING or state.current_step != command.step:
+            return  # the step settled first: nothing to do
+        step = cls.steps[command.step]
+        seconds = step.timeout_seconds()
+        if step.pivot:
+            # Past the point of no return the saga cannot undo; it keeps waiting (the
+            # transport keeps retrying the step) and says so.
+            cls._log(state, command.step, "timed_out", detail=f"no reply within {seconds:g}s; pivot, still waiting")
+            state.save()
+            return
+        cls._log(state, command.step, "timed_out", detail=f"no reply within {seconds:g}s")
+        cls._give_up(state, "timeout", mediator, status=Status.FAILED)
+        state.save()
+
+    @classmethod
+    def _give_up(cls, state: SagaState, reason: str, mediator, *, status: str) -> None:
+        state.status = Status.COMPENSATING
+        done = [i for i in range(state.current_step) if cls._has(state, i, "completed")]
+        for index in reversed(done):
+            step = cls.steps[index]
+            if step.compensate:
+                handle = mediator.send(step.compensate(state.data))
+                cls._log(state, index, "compensating", message_id=handle.message_id)
+        last_word = cls.on_failed(state.data, reason)
+        if last_word is not None:
+            mediator.send(last_word)
+        state.status = status
+        state.reason = reason
+
+    @classmethod
+    def _step_of(cls, event: Event, state: SagaState) -> int | None:
+        candidates = [i for i, s in enumerate(cls.steps) if type(event) in (*s.completes_on, *s.fails_on)]
+        if state.current_step in candidates:
+            return state.current_step
+        return candidates[0] if candidates else None
+
+    @staticmethod
+    def _has(state: SagaState, index: int, event: str) -> bool:
+        return any(e["step"] == index and e["event"] == event for e in state.step_log)
+
+    @classmethod
+    def _compensated(cls, state: SagaState, index: int) -> bool:
+        return cls._has(state, index, "compensating") or cls._has(state, index, "late_reply_compensated")
+
+    @classmethod
+    def _log(cls, state: SagaState, index: int, event: str, *, message_id: str = "", detail: str = "") -> None:
+        state.step_log = [
+            *state.step_log,
+            {
+                "step": index,
+                "name": cls.steps[index].name,
+                "event": event,
+                "at": timezone.now().isoformat(),
+                "message_id": message_id,
+                "detail": detail,
+            },
+        ]
+
+
+def _reply_handler(cls: type[Saga]):
+    def on_reply(event, ctx):
+        cls._on_reply(event, ctx)
+
+    on_reply.__qualname__ = f"{cls.__name__}.on_reply"
+    return on_reply
+
+
+def timeline(state: SagaState) -> list[dict]:
+    """The step log with the time since the saga started, for the API and the admin."""
+    start = state.created_at
+    out = []
+    for entry in state.step_log:
+        at = dt.datetime.fromisoformat(entry["at"])
+        out.append({**entry, "after_ms": round((at - start).total_seconds() * 1000, 1)})
+    return out

@@ -1,0 +1,60 @@
+"""The outbox relay: publishes what the after-commit publish did not.
+
+Rows are claimed with SELECT ... FOR UPDATE SKIP LOCKED (PostgreSQL), so several
+relays — one in every run_consumer process — share the backlog without two of
+them publishing the same row at once. A row is only taken once it is older than
+RELAY_GRACE (until then the after-commit publish owns it) or, for scheduled
+messages, once it is due. Whatever is published twice anyway (a crash between
+publish and commit) is dropped by JetStream's Nats-Msg-Id de-duplication.
+"""
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from apps.mediator.core.conf import catga_settings
+from apps.mediator.core.ports import Outgoing
+from apps.mediator.models import Message
+from apps.mediator.storage import history
+
+Publish = Callable[[Sequence[Outgoing]], list[str]]  # returns the ids JetStream acknowledged
+
+
+def due_rows(now: dt.datetime):
+    grace = dt.timedelta(seconds=catga_settings.RELAY_GRACE)
+    return Message.objects.filter(status=Message.Status.PENDING).filter(
+        Q(available_at__isnull=True, created_at__lt=now - grace) | Q(available_at__lte=now)
+    )
+
+
+def backlog() -> int:
+    return Message.objects.filter(status=Message.Status.PENDING).count()
+
+
+def sweep(publish: Publish, *, batch: int | None = None, now: dt.datetime | None = None) -> int:
+    """One relay transaction: claim, publish, mark. Returns how many were published."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        rows = list(
+            due_rows(now).order_by("id").select_for_update(skip_locked=True)[: batch or catga_settings.RELAY_BATCH]
+        )
+        if not rows:
+            return 0
+        acked = publish([history.outgoing_of(row) for row in rows])
+        Message.objects.filter(pk__in=[row.id for row in rows]).update(publish_attempts=F("publish_attempts") + 1)
+        if acked:
+            history.mark_published(acked)
+    return len(acked)
+
+
+def drain(publish: Publish, *, batch: int | None = None) -> int:
+    """Sweep until nothing due is left (or a sweep publishes nothing)."""
+    total = 0
+    while True:
+        published = sweep(publish, batch=batch)
+        total += published
+        if published == 0:
+            return total
