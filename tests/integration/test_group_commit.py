@@ -19,7 +19,8 @@ from apps.mediator.core.errors import TransientError
 from apps.mediator.core.messages import Command, QoS
 from apps.mediator.core.pipeline import Pipeline
 from apps.mediator.core.registry import Registry
-from apps.mediator.delivery.dispatcher import ACK, DEAD, RETRY, Dispatcher
+from apps.mediator.delivery.dispatcher import Dispatcher
+from apps.mediator.delivery.outcome import ACK, DEAD, RETRY
 from apps.mediator.models import Delivery, Message
 from apps.mediator.storage import history
 

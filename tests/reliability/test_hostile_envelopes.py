@@ -14,7 +14,8 @@ from apps.mediator.core.errors import UndecodableMessage, ValidationFailed
 from apps.mediator.core.messages import Command, Kind, QoS
 from apps.mediator.core.pipeline import Pipeline
 from apps.mediator.core.registry import Registry
-from apps.mediator.delivery.dispatcher import ACK, DEAD, Dispatcher
+from apps.mediator.delivery.dispatcher import Dispatcher
+from apps.mediator.delivery.outcome import ACK, DEAD
 from apps.mediator.models import Delivery, Message
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]

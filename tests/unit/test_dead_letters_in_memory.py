@@ -10,8 +10,9 @@ from apps.mediator.core.errors import PermanentError
 from apps.mediator.core.messages import Command, Kind, QoS
 from apps.mediator.core.pipeline import Pipeline
 from apps.mediator.core.registry import Registry
-from apps.mediator.delivery.dispatcher import DEAD, Dispatcher
+from apps.mediator.delivery.dispatcher import Dispatcher
 from apps.mediator.delivery.mediator import Mediator
+from apps.mediator.delivery.outcome import DEAD
 from apps.mediator.models import Delivery, Message
 from apps.mediator.transports.memory import MemoryTransport
 

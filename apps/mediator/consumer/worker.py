@@ -27,7 +27,8 @@ from apps.mediator.core.errors import UndecodableMessage
 from apps.mediator.core.ids import new_id
 from apps.mediator.core.messages import Kind, message_type
 from apps.mediator.core.ports import Delivery, Subscription, Transport
-from apps.mediator.delivery.dispatcher import ACK, DEAD, RETRY, Dispatcher, Outcome
+from apps.mediator.delivery.dispatcher import Dispatcher
+from apps.mediator.delivery.outcome import ACK, DEAD, RETRY, Outcome
 from apps.mediator.observability import metrics
 from apps.mediator.storage import outbox
 

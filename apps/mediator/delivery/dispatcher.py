@@ -6,10 +6,8 @@ turns that outcome into its own acknowledgement; the decision is made here, once
 """
 
 import logging
-import random
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -25,28 +23,12 @@ from apps.mediator.core.ids import new_id
 from apps.mediator.core.messages import Kind, Message, QoS, message_type
 from apps.mediator.core.pipeline import HandlerContext, Pipeline
 from apps.mediator.core.registry import HandlerSpec, Registry
+from apps.mediator.delivery.outcome import ACK, DEAD, RETRY, Outcome, backoff
 from apps.mediator.models import Delivery
 from apps.mediator.models import Message as MessageRow
 from apps.mediator.storage import history
 
-ACK, RETRY, DEAD = "ack", "retry", "dead"
-
 logger = logging.getLogger("catga.worker")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    action: str
-    delay: float = 0.0
-    reason: str = ""
-    result: Any = None
-    duplicate: bool = False
-
-
-def backoff(attempt: int) -> float:
-    """Exponential backoff with jitter: base * 2^(attempt-1), capped, times 0.5-1.0."""
-    base = catga_settings.RETRY_BACKOFF * (2 ** max(attempt - 1, 0))
-    return min(base, catga_settings.RETRY_BACKOFF_MAX) * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not crypto)
 
 
 class WorkflowHooks(Protocol):

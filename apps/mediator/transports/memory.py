@@ -18,7 +18,8 @@ import msgspec
 from django.utils import timezone
 
 from apps.mediator.core.ports import Outgoing, Transport
-from apps.mediator.delivery.dispatcher import RETRY, Dispatcher
+from apps.mediator.delivery.dispatcher import Dispatcher
+from apps.mediator.delivery.outcome import RETRY
 from apps.mediator.models import Message
 from apps.mediator.storage import history
 
