@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
 
-from apps.mediator.core.envelope import Envelope
+from apps.mediator.core.envelope import H_DEDUPE, Envelope
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Outgoing:
     def headers(self) -> dict[str, str]:
         headers = self.envelope.to_headers()
         if self.dedupe_id:
-            headers["Nats-Msg-Id"] = self.dedupe_id
+            headers[H_DEDUPE] = self.dedupe_id
         return headers
 
 
