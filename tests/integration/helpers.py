@@ -7,11 +7,12 @@ import nats
 
 from apps.inventory.models import Item, Reservation
 from apps.mediator.models import SagaState
+from apps.mediator.runtime import contexts
 from apps.orders.models import Order
 from apps.payments.models import Payment
 from tests.integration.conftest import wait_until
 
-CONTEXTS = ("orders", "inventory", "payments")
+CONTEXTS = tuple(contexts())  # every installed context, as the mediator finds them
 
 
 def place(api, lines, token="tok_visa"):

@@ -33,6 +33,7 @@ from apps.mediator.runtime import mediator
 from apps.orders.models import Order
 from apps.payments.contracts import ChargePayment
 from tests.integration.conftest import ROOT, free_port, probe, wait_until
+from tests.integration.helpers import CONTEXTS
 from tests.unit.test_observability import promtool_check
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -309,7 +310,7 @@ def test_one_order_is_one_trace_from_the_web_request_through_every_consumer(
         )
     )
     files = {}
-    for context in ("orders", "inventory", "payments"):
+    for context in CONTEXTS:
         files[context] = tmp_path / f"spans-{context}.jsonl"
         workers.start(
             context,

@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 
+from apps.mediator.runtime import contexts
 from tests.k8s.manifests import COMPONENTS, K8S, NAMESPACES, OVERLAYS, Combo, kubectl, render, valid_combinations
 
 pytestmark = pytest.mark.k8s
@@ -25,7 +26,7 @@ def test_each_component_adds_what_it_is_for(renders):
     for overlay in OVERLAYS:
         bare = kinds(overlay)
         assert kinds(overlay, "hpa-web") - bare == {("HorizontalPodAutoscaler", "catga-web")}
-        consumers = {f"catga-consumer-{context}" for context in ("orders", "inventory", "payments")}
+        consumers = {f"catga-consumer-{context}" for context in contexts()}
         assert kinds(overlay, "hpa-consumers") - bare == {("HorizontalPodAutoscaler", name) for name in consumers}
         assert kinds(overlay, "keda-consumers") - bare == {("ScaledObject", name) for name in consumers}
         assert kinds(overlay, "servicemonitor") - bare == {
