@@ -2,22 +2,33 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-REQUIREMENTS := requirements/base.txt requirements/observability.txt requirements/dev.txt requirements/k8s.txt requirements/k8s-checkov.txt requirements/e2e.txt requirements/bench.txt
+# `make run` installs only what running needs (local.txt: the runtime set plus PostgreSQL's
+# binaries); `make test` everything the tiers use. Each stamp names its files' checksum.
+RUN_REQUIREMENTS := requirements/local.txt requirements/base.txt requirements/observability.txt
+REQUIREMENTS := $(RUN_REQUIREMENTS) requirements/dev.txt requirements/k8s.txt requirements/k8s-checkov.txt requirements/e2e.txt requirements/bench.txt
+RUN_STAMP := $(VENV)/.run-$(shell cat $(RUN_REQUIREMENTS) | cksum | cut -d' ' -f1)
 STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 
 .PHONY: run test lint unit integration bench reliability clean
 
-$(STAMP): $(REQUIREMENTS)
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(RUN_STAMP): $(RUN_REQUIREMENTS) | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -r requirements/local.txt
+	rm -f $(VENV)/.run-* && touch $@
+
+$(STAMP): $(REQUIREMENTS) | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -r requirements/dev.txt -r requirements/k8s.txt -r requirements/e2e.txt -r requirements/bench.txt
 	# checkov (tests/k8s) in a virtualenv of its own: its dependencies stay out of the app's.
 	test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/python -m pip install --quiet -r requirements/k8s-checkov.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
-## Everything on a laptop: virtualenv, install, migrate, demo data, web + consumers.
-run: $(STAMP)
+## Everything on a laptop: virtualenv, install, embedded PostgreSQL and NATS (DATABASE_URL
+## and NATS_URL unset; data kept in ./data), migrate, demo data, web + consumers.
+run: $(RUN_STAMP)
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py up
 
 ## Headless Chromium for the browser tests (tests/e2e): Debian's package, driven by
@@ -40,7 +51,7 @@ unit: $(STAMP)
 	DJANGO_DEBUG=0 $(BIN)/python -m pytest tests/unit
 
 ## The benchmark suite (bench/run.py, < 10 min): its own NATS, PostgreSQL from DATABASE_URL
-## (default postgres://postgres@127.0.0.1:5432/bench), Redis for the Celery baseline.
+## (unset: an embedded server of its own), Redis for the Celery baseline.
 ## Prints a table and writes bench/results/latest.json. BENCH_ARGS=--quick for a smoke run.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -2,13 +2,14 @@
 
     python bench/admin_render.py [--rows 200000] [--repeat 7]
 
-Builds a throw-away SQLite database (or uses DATABASE_URL), fills it with the same
+Builds a throw-away embedded PostgreSQL database (or uses DATABASE_URL), fills it with the same
 generator as tests/unit/test_admin_scale.py, and renders each page through Django's
 test client as a staff user with view permissions, printing the median and best time
 and the number of queries. Numbers, not assertions: the tests assert query counts.
 """
 
 import argparse
+import atexit
 import os
 import statistics
 import sys
@@ -36,11 +37,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--db", help="SQLite file to use and keep (reused when it already holds the rows)")
+    parser.add_argument("--db", help="a folder for the embedded PostgreSQL, kept (reused when it holds the rows)")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="catga-bench-")
-    os.environ.setdefault("DATABASE_URL", f"sqlite:///{args.db or Path(workdir) / 'bench.sqlite3'}")
+    if not os.environ.get("DATABASE_URL"):
+        from apps.mediator.servers.ports import free_port
+        from apps.mediator.servers.postgres import EmbeddedPostgres
+
+        folder = Path(args.db or workdir) / "postgres"
+        embedded = EmbeddedPostgres(folder, host="127.0.0.1", port=free_port(), database="bench").start()
+        os.environ["DATABASE_URL"] = embedded.url()
+        atexit.register(embedded.stop)
     os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-a-secret")
     os.environ.setdefault("CATGA_DATA_DIR", workdir)
     os.environ.setdefault("DJANGO_STATIC_ROOT", workdir)  # nothing is collected; whitenoise wants a folder

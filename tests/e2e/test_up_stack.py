@@ -1,14 +1,14 @@
 """`make run`'s stack (`manage.py up`) serving 100 orders end to end over HTTP.
 
-The stack runs as on a laptop: embedded NATS, SQLite in its own data folder, the
-web server and one consumer per context, all child processes of `up`.
+The stack runs as on a laptop: embedded NATS and embedded PostgreSQL in its own data
+folder (DATABASE_URL and NATS_URL unset), the web server and one consumer per context,
+all child processes of `up`. A second `up` on the same folder keeps the first one's data.
 """
 
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from apps.mediator.servers.ports import free_port, wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.e2e
 
 CATALOGUE = {"SKU-KEYBOARD": 500, "SKU-MOUSE": 1000, "SKU-MONITOR": 200, "SKU-CABLE": 5000, "SKU-RARE": 3}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Client:
@@ -45,34 +41,95 @@ class Client:
             return response.status, json.loads(response.read())
 
 
+class Up:
+    """`manage.py up` as a child process, its output in a log file."""
+
+    def __init__(self, data: Path, log: Path):
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+        env.update({"DJANGO_DEBUG": "1", "CATGA_DATA_DIR": str(data), "PYTHONUNBUFFERED": "1"})
+        self.log = log
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "up", "--port", str(self.port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_until(self._ready, timeout=120, what="the stack's 'Ready:' line")
+        except TimeoutError:
+            self.proc.kill()
+            pytest.fail("the stack did not start:\n" + self.text()[-5000:])
+        self.startup_seconds = time.monotonic() - started
+        token = re.search(r"API token for 'demo': ([0-9a-f]+)", self.text()).group(1)
+        self.client = Client(f"http://127.0.0.1:{self.port}", token)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"up exited with {self.proc.returncode}:\n" + self.text()[-5000:])
+        return "Ready: http" in self.text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGINT)  # what Ctrl-C does
+        try:
+            assert self.proc.wait(timeout=60) == 0, self.text()[-3000:]
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
 @pytest.fixture
 def stack(tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
-    env.update({"DJANGO_DEBUG": "1", "CATGA_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"})
-    log = tmp_path / "up.log"
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "up", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 90
-    while "Ready: http" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the stack did not start:\n" + log.read_text(errors="replace")[-5000:])
-        time.sleep(0.1)
-    token = re.search(r"API token for 'demo': ([0-9a-f]+)", log.read_text()).group(1)
-    yield Client(f"http://127.0.0.1:{port}", token), log
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
+    up = Up(tmp_path / "data", tmp_path / "up.log")
+    yield up.client, up.log
+    up.stop()
+
+
+def settled_order(client: Client, order_id: str) -> dict:
+    def final():
+        _, order = client.call("GET", f"/api/orders/{order_id}/")
+        return order if order["status"] != "pending" else None
+
+    return wait_until(final, timeout=60, interval=0.2, what=f"order {order_id} to settle")
+
+
+def test_a_second_run_keeps_the_first_runs_data_and_loads_the_demo_data_once(tmp_path, record_property):
+    data = tmp_path / "data"
+    first = Up(data, tmp_path / "first.log")
     try:
-        assert proc.wait(timeout=60) == 0, log.read_text(errors="replace")[-3000:]
+        assert "a new cluster" in first.text()
+        _, order = first.client.call(
+            "POST",
+            "/api/orders/",
+            {"customer_id": "c1", "lines": [{"sku": "SKU-MOUSE", "quantity": 2}], "payment_token": "tok_visa"},
+        )
+        assert settled_order(first.client, order["id"])["status"] == "confirmed"
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        first.stop()
+    assert "PostgreSQL: stopping" in first.text()
+
+    second = Up(data, tmp_path / "second.log")
+    try:
+        assert "reusing its data" in second.text(), second.text()[-3000:]
+        assert second.client.token == first.client.token  # the same demo user, not a new one
+        _, kept = second.client.call("GET", f"/api/orders/{order['id']}/")
+        assert kept["status"] == "confirmed"
+        _, items = second.client.call("GET", "/api/inventory/items/")
+        mouse = next(item for item in items["results"] if item["sku"] == "SKU-MOUSE")
+        assert mouse["on_hand"] == CATALOGUE["SKU-MOUSE"] - 2  # the catalogue was not loaded again
+    finally:
+        second.stop()
+    record_property("first_start_s", round(first.startup_seconds, 1))
+    record_property("second_start_s", round(second.startup_seconds, 1))
+    print(f"\nmanage.py up: first start {first.startup_seconds:.1f} s, second {second.startup_seconds:.1f} s")
 
 
 def test_one_hundred_orders_through_the_local_stack_all_finish_consistently(stack):

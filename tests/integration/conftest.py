@@ -9,73 +9,25 @@ Workers are `manage.py run_consumer` child processes pointed at the test databas
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nats
 import pytest
 from django.db import connection
 
-from bench.infra import free_port  # the tests use the bench's: below the ephemeral range, never twice
+from apps.mediator.servers.nats import NatsServer
+from apps.mediator.servers.ports import free_port, http_status, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
 
 
-def wait_until(predicate, *, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
-    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
-
-
 def probe(port: int, path: str) -> int | None:
     """HTTP status of a GET, as a kubelet probe sees it (None: nothing answered)."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
-class NatsServer:
-    def __init__(self, store: Path):
-        self.port = free_port()
-        self.store = store
-        self.proc: subprocess.Popen | None = None
-        self.url = f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        binary = Path(sys.executable).parent / "nats-server"
-        self.proc = subprocess.Popen(
-            [str(binary), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(self._accepts, timeout=15, message=f"nats-server on {self.port}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=15)
-
-    def _accepts(self) -> bool:
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+    return http_status(f"http://127.0.0.1:{port}{path}")
 
 
 @pytest.fixture(scope="session")
@@ -109,12 +61,11 @@ def fresh_streams(nats_server):
 def database_url() -> str:
     """The test database as a URL for child processes."""
     s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{s['NAME']}"
-    if connection.vendor == "postgresql":
-        auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
-        return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
-    raise RuntimeError(f"unsupported test database {connection.vendor}")
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
+    host = s["HOST"] or "127.0.0.1"
+    if host.startswith("/"):  # a Unix socket folder
+        return f"postgres://{auth}@/{s['NAME']}?host={host}&port={s['PORT'] or 5432}"
+    return f"postgres://{auth}@{host}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
 @pytest.fixture
@@ -167,7 +118,7 @@ class Workers:
             wait_until(
                 lambda: proc.poll() is not None or probe(health_port, "/health/ready") == 200,
                 timeout=60,
-                message=f"worker {contexts} to be ready",
+                what=f"worker {contexts} to be ready",
             )
             assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
         return proc

@@ -8,9 +8,9 @@ import nats
 from apps.inventory.models import Item, Reservation
 from apps.mediator.models import SagaState
 from apps.mediator.runtime import contexts
+from apps.mediator.servers.ports import wait_until
 from apps.orders.models import Order
 from apps.payments.models import Payment
-from tests.integration.conftest import wait_until
 
 CONTEXTS = tuple(contexts())  # every installed context, as the mediator finds them
 
@@ -32,7 +32,7 @@ def final_status(order_id, timeout=30):
         saga = SagaState.objects.filter(correlation_id=order.correlation_id).first()
         return order if saga is None or saga.status not in ("running", "compensating") else None
 
-    return wait_until(done, timeout=timeout, message=f"order {order_id} to leave pending, its saga to settle")
+    return wait_until(done, timeout=timeout, what=f"order {order_id} to leave pending, its saga to settle")
 
 
 def js_call(url, coro_factory):
@@ -61,7 +61,7 @@ def assert_consistent(orders, initial_stock):
                 sold[line.sku] += line.quantity
         else:
             assert captured == 0, order.id
-    wait_until(lambda: not Item.objects.filter(reserved__gt=0).exists(), message="reservations to settle")
+    wait_until(lambda: not Item.objects.filter(reserved__gt=0).exists(), what="reservations to settle")
     for sku, initial in initial_stock.items():
         assert Item.objects.get(sku=sku).on_hand == initial - sold[sku], sku
     assert Reservation.objects.values("order_id").distinct().count() == Reservation.objects.count()

@@ -3,8 +3,8 @@
 import pytest
 
 from apps.mediator import runtime
+from apps.mediator.servers.ports import wait_until
 from apps.mediator.transports.nats import topology
-from tests.integration.conftest import wait_until
 from tests.integration.helpers import place
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ def test_consumer_pending_counts_what_waits_for_each_durable_and_the_dashboard_s
     counts = wait_until(
         lambda: (c := transport.consumer_pending()) and c.get("inventory_cmd") == 3 and c,
         timeout=15,
-        message="three commands pending for inventory_cmd",
+        what="three commands pending for inventory_cmd",
     )
     assert set(counts) == durables
     assert all(n == 0 for name, n in counts.items() if name != "inventory_cmd")

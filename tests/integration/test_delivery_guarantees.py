@@ -14,9 +14,9 @@ from apps.mediator.core.envelope import Envelope
 from apps.mediator.core.messages import QoS
 from apps.mediator.models import Delivery, Message
 from apps.mediator.runtime import mediator
+from apps.mediator.servers.ports import wait_until
 from apps.orders.models import Order
 from apps.payments.models import Payment
-from tests.integration.conftest import wait_until
 from tests.integration.helpers import CONTEXTS, all_final, assert_consistent, final_status, js_call, place
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -26,7 +26,7 @@ def test_a_worker_killed_with_sigkill_loses_and_duplicates_nothing(api, big_cata
     procs = {context: workers.start(context) for context in CONTEXTS}
     ids = [place(api, [{"sku": "SKU-X", "quantity": 1}], token="tok_visa") for _ in range(40)]
     # Kill the payments worker in the middle of the stream, then bring it back.
-    wait_until(lambda: Payment.objects.count() >= 5, message="some payments before the kill")
+    wait_until(lambda: Payment.objects.count() >= 5, what="some payments before the kill")
     procs["payments"].send_signal(signal.SIGKILL)
     procs["payments"].wait()
     more = [place(api, [{"sku": "SKU-X", "quantity": 1}], token="tok_visa") for _ in range(20)]
@@ -59,7 +59,7 @@ def test_a_handler_that_always_fails_ends_dead_and_a_replay_after_the_fix_comple
 
     charge = wait_until(
         lambda: Delivery.objects.filter(message__type="payments.ChargePayment", status="dead").first(),
-        message="ChargePayment to be dead-lettered",
+        what="ChargePayment to be dead-lettered",
     )
     assert charge.attempts == 5  # ChargePayment.Meta.max_attempts
     assert "provider outage" in charge.error
@@ -109,7 +109,7 @@ def test_garbage_and_unknown_types_are_dead_lettered_with_a_reason_and_the_worke
 
     wait_until(
         lambda: js_call(workers.nats_url, lambda nc, js: js.stream_info("CATGA_DLQ")).state.messages == 3,
-        message="three dead letters",
+        what="three dead letters",
     )
     reasons = sorted(h["Catga-Dead-Reason"] for h in js_call(workers.nats_url, dead_letters))
     assert any("undecodable body" in r for r in reasons), reasons
@@ -122,7 +122,7 @@ def test_garbage_and_unknown_types_are_dead_lettered_with_a_reason_and_the_worke
 def test_sigterm_during_load_exits_zero_in_grace_and_loses_nothing(api, big_catalogue, workers):
     procs = [workers.start(context, CATGA_SHUTDOWN_GRACE="10") for context in CONTEXTS]
     ids = [place(api, [{"sku": "SKU-X", "quantity": 1}], token="tok_flaky") for _ in range(30)]
-    wait_until(lambda: Payment.objects.count() >= 3, message="some progress before SIGTERM")
+    wait_until(lambda: Payment.objects.count() >= 3, what="some progress before SIGTERM")
     started = time.monotonic()
     for proc in procs:
         proc.send_signal(signal.SIGTERM)
@@ -159,7 +159,7 @@ def test_exactly_once_the_same_message_published_twice_changes_state_once(nats_s
     assert same_key.duplicate and not first.duplicate and not forged.duplicate
 
     wait_until(
-        lambda: Delivery.objects.filter(message_id=envelope.id, status="succeeded").exists(), message="the reservation"
+        lambda: Delivery.objects.filter(message_id=envelope.id, status="succeeded").exists(), what="the reservation"
     )
     wait_until(
         lambda: (
@@ -168,7 +168,7 @@ def test_exactly_once_the_same_message_published_twice_changes_state_once(nats_s
             and js_call(workers.nats_url, lambda nc, js: js.consumer_info("CATGA_CMD", "inventory_cmd")).num_pending
             == 0
         ),
-        message="both copies settled",
+        what="both copies settled",
     )
     # ...and the inbox stops it: stock reserved once.
     assert Item.objects.get(sku="SKU-A").reserved == 3
@@ -219,7 +219,7 @@ def test_a_handler_past_its_timeout_is_retried_without_running_twice(api, catalo
     charge = Delivery.objects.get(message__type="payments.ChargePayment", message__correlation_id=order.correlation_id)
     wait_until(
         lambda: Delivery.objects.get(pk=charge.pk).attempt_log[-1]["outcome"] == "timed_out",
-        message="the timeout noted on the delivery",
+        what="the timeout noted on the delivery",
     )
     charge.refresh_from_db()
     outcomes = [e["outcome"] for e in charge.attempt_log]
@@ -245,7 +245,7 @@ def test_at_most_once_messages_skip_the_streams(nats_settings, catalogue, worker
             handled = mediator.send(ReleaseStock(order_id="amo-1"))
         wait_until(
             lambda: Delivery.objects.filter(message_id=handled.message_id, status="succeeded").exists(),
-            message="the at-most-once command to be handled",
+            what="the at-most-once command to be handled",
         )
     finally:
         ReleaseStock.options = declared

@@ -30,11 +30,12 @@ from apps.mediator import runtime
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.observability import tracing
 from apps.mediator.runtime import mediator
+from apps.mediator.servers.ports import free_port, wait_until
 from apps.orders.models import Order
 from apps.payments.contracts import ChargePayment
-from tests.integration.conftest import ROOT, free_port, probe, wait_until
+from tests.integration.conftest import ROOT, probe
 from tests.integration.helpers import CONTEXTS
-from tests.unit.test_observability import promtool_check
+from tests.unit.test_observability import metrics_page_check
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -97,16 +98,16 @@ def test_probes_with_nats_up_down_and_frozen_ready_follows_nats_live_stays(clien
 
     nats_server.stop()
     try:
-        wait_until(lambda: consumer("/health/ready") == 503, timeout=20, message="consumer not ready")
+        wait_until(lambda: consumer("/health/ready") == 503, timeout=20, what="consumer not ready")
         assert "NATS disconnected; reconnecting" in workers.logs()  # an outage is
-        wait_until(lambda: web("/health/ready").status_code == 503, timeout=20, message="web not ready")
+        wait_until(lambda: web("/health/ready").status_code == 503, timeout=20, what="web not ready")
         assert web("/health/ready").json()["Nats()"] == "Unavailable: not connected to NATS"
         # Restarting a pod cannot bring NATS back: liveness stays true, past its 3 s window.
         holds(lambda: consumer("/health/live") == 200 and web("/health/live").status_code == 200, seconds=4)
     finally:
         nats_server.start()
-    wait_until(lambda: consumer("/health/ready") == 200, timeout=30, message="consumer ready again")
-    wait_until(lambda: web("/health/ready").status_code == 200, timeout=30, message="web ready again")
+    wait_until(lambda: consumer("/health/ready") == 200, timeout=30, what="consumer ready again")
+    wait_until(lambda: web("/health/ready").status_code == 200, timeout=30, what="web ready again")
 
     # A NATS that accepts connections but answers nothing (frozen): the web's readiness
     # still answers, within the kubelet's 3 s probe timeout, and says not ready.
@@ -116,15 +117,15 @@ def test_probes_with_nats_up_down_and_frozen_ready_follows_nats_live_stays(clien
         frozen = web("/health/ready")
         elapsed = time.monotonic() - started
         # The consumer's connection stays open to a frozen server: missed pings tell.
-        wait_until(lambda: consumer("/health/ready") == 503, timeout=15, message="consumer not ready, NATS frozen")
+        wait_until(lambda: consumer("/health/ready") == 503, timeout=15, what="consumer not ready, NATS frozen")
         assert consumer("/health/live") == 200
     finally:
         nats_server.proc.send_signal(signal.SIGCONT)
     assert frozen.status_code == 503
     assert "did not answer" in frozen.json()["Nats()"]
     assert elapsed < 3.0, f"readiness took {elapsed:.1f}s with NATS frozen"
-    wait_until(lambda: web("/health/ready").status_code == 200, timeout=30, message="web ready after thaw")
-    wait_until(lambda: consumer("/health/ready") == 200, timeout=30, message="consumer ready after thaw")
+    wait_until(lambda: web("/health/ready").status_code == 200, timeout=30, what="web ready after thaw")
+    wait_until(lambda: consumer("/health/ready") == 200, timeout=30, what="consumer ready after thaw")
 
 
 def test_consumer_liveness_turns_false_when_wedged_handlers_stall_its_loop(workers):
@@ -146,7 +147,7 @@ def test_consumer_liveness_turns_false_when_wedged_handlers_stall_its_loop(worke
     for i in range(slots + 1):
         with transaction.atomic():
             mediator.send(ChargePayment(order_id=f"wedged-{i}", amount=Decimal("1.00"), token="tok_visa"))
-    wait_until(lambda: probe(port, "/health/live") == 503, timeout=20, message="liveness to fail")
+    wait_until(lambda: probe(port, "/health/live") == 503, timeout=20, what="liveness to fail")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=5) as response:
         assert json.loads(response.read())["connected"] is True  # connected and bound: only a restart helps
 
@@ -164,7 +165,7 @@ def test_consumer_metrics_move_by_the_messages_handled_and_pass_promtool(workers
     wait_until(
         lambda: value(scrape(port), "catga_messages_handled_total", **labels, outcome="succeeded") == 7,
         timeout=30,
-        message="7 handled messages counted",
+        what="7 handled messages counted",
     )
 
     async def publish_garbage():
@@ -177,7 +178,7 @@ def test_consumer_metrics_move_by_the_messages_handled_and_pass_promtool(workers
     wait_until(
         lambda: value(scrape(port), "catga_dead_letters") == 1,
         timeout=30,
-        message="the dead letter in the gauge",
+        what="the dead letter in the gauge",
     )
     page = scrape(port)
     assert value(page, "catga_messages_handled_total", **labels, outcome="succeeded") == 7  # garbage is not handled
@@ -187,7 +188,7 @@ def test_consumer_metrics_move_by_the_messages_handled_and_pass_promtool(workers
     assert value(page, "catga_consumer_pending", stream="CATGA_CMD", consumer="inventory_cmd") == 0
     assert value(page, "catga_consumer_ack_pending", stream="CATGA_CMD", consumer="inventory_cmd") == 0
     assert value(page, "catga_outbox_backlog") == 0
-    promtool_check(page)
+    metrics_page_check(page)
 
     status = workers.run("catga_status", "--json")
     assert status.returncode == 0, status.stderr
@@ -243,7 +244,7 @@ def test_gunicorn_workers_share_one_metrics_page_and_answer_probes_for_any_host(
             return None, b""
 
     try:
-        wait_until(lambda: get("/health/live", POD_IP)[0] == 200, timeout=60, message="gunicorn to serve")
+        wait_until(lambda: get("/health/live", POD_IP)[0] == 200, timeout=60, what="gunicorn to serve")
         assert not (metrics_dir / "counter_999999.db").exists()
         assert get("/api/inventory/items/", POD_IP)[0] == 400  # the rest of the site checks Host
 
@@ -256,14 +257,14 @@ def test_gunicorn_workers_share_one_metrics_page_and_answer_probes_for_any_host(
             pids = {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob("counter_*.db")}
             return len(pids) >= 2 and served >= 10
 
-        wait_until(both_workers_served, timeout=60, interval=0.01, message="requests on both gunicorn workers")
+        wait_until(both_workers_served, timeout=60, interval=0.01, what="requests on both gunicorn workers")
         status, page = get("/metrics", POD_IP)
         assert status == 200
         # Whichever worker answers the scrape, the page counts every worker's requests.
         labels = {"method": "GET", "status": "200", "view": "item-list"}
         assert value(page, "django_http_responses_total_by_status_view_method_total", **labels) == served
         assert value(get("/metrics")[1], "django_http_responses_total_by_status_view_method_total", **labels) == served
-        promtool_check(page)
+        metrics_page_check(page)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -328,9 +329,7 @@ def test_one_order_is_one_trace_from_the_web_request_through_every_consumer(
     )
     assert response.status_code == 202, response.content
     order_id = response.json()["id"]
-    wait_until(
-        lambda: Order.objects.get(pk=order_id).status == "confirmed", timeout=60, message="order to be confirmed"
-    )
+    wait_until(lambda: Order.objects.get(pk=order_id).status == "confirmed", timeout=60, what="order to be confirmed")
 
     request = next(s for s in web_spans.get_finished_spans() if s.kind is SpanKind.SERVER)
     trace_id = f"0x{request.context.trace_id:032x}"
@@ -348,7 +347,7 @@ def test_one_order_is_one_trace_from_the_web_request_through_every_consumer(
         names = {context: {s["name"] for s in spans} for context, spans in found.items()}
         return found if all(expected[c] in names[c] for c in expected) else None
 
-    found = wait_until(consumer_spans, timeout=30, message=f"consumer spans of trace {trace_id}")
+    found = wait_until(consumer_spans, timeout=30, what=f"consumer spans of trace {trace_id}")
 
     # Every consumer span hangs off a send span of the same trace (in the web or another consumer).
     web = [

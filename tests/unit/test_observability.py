@@ -5,9 +5,8 @@ import asyncio
 import io
 import json
 import logging
-import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +35,7 @@ from apps.mediator.models import Message
 from apps.mediator.observability import MetricsBehavior, TracingBehavior, tracing
 from apps.mediator.observability.logs import ContextFilter, JsonFormatter
 from apps.mediator.runtime import mediator
+from apps.mediator.servers.ports import free_port
 from catga_site import config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,21 +52,45 @@ def sample(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def metrics_page_check(page: bytes) -> None:
+    """The exposition format as Prometheus reads it, and promtool's lint rules.
 
+    prometheus_client's parser is the reference reader: a page it cannot parse fails here.
+    On top, what `promtool check metrics` lints: HELP on every family, names in snake_case,
+    counters ending in _total, no family twice. Where promtool itself is installed it runs too.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
 
-def promtool_check(page: bytes) -> None:
-    """`promtool check metrics` (Debian's `prometheus` package; .ci/run installs it)."""
+    problems, seen = [], set()
+    for family in text_string_to_metric_families(page.decode()):
+        if family.name in seen:
+            problems.append(f"{family.name}: exposed twice")
+        seen.add(family.name)
+        if not family.documentation:
+            problems.append(f"{family.name}: no HELP")
+        if re.search(r"[A-Z]", family.name):
+            problems.append(f"{family.name}: not snake_case")
+        for sample in family.samples:
+            if family.type == "counter" and not sample.name.endswith(("_total", "_created")):
+                problems.append(f"{sample.name}: a counter's sample must end in _total")
+    assert seen, "no metric families on the page"
+    assert not problems, "\n".join(problems)
     promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    result = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True, timeout=30)
-    assert result.returncode == 0, (result.stdout + result.stderr).decode()
+    if promtool:
+        result = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True, timeout=30)
+        assert result.returncode == 0, (result.stdout + result.stderr).decode()
+
+
+def test_the_metrics_check_refuses_a_malformed_page_and_promtools_lint_failures():
+    good = b"# HELP jobs_total Jobs.\n# TYPE jobs_total counter\njobs_total 1\n"
+    metrics_page_check(good)
+    for bad in (
+        b"# HELP jobs_total Jobs.\n# TYPE jobs_total counter\njobs_total{x=1} 1\n",  # unquoted label
+        b"# TYPE jobs_total counter\njobs_total 1\n",  # no HELP
+        b"# HELP jobsDone Jobs.\n# TYPE jobsDone gauge\njobsDone 1\n",  # camelCase
+    ):
+        with pytest.raises((AssertionError, ValueError)):
+            metrics_page_check(bad)
 
 
 # -- the configuration file ---------------------------------------------------------
@@ -228,7 +252,7 @@ def test_web_metrics_page_is_valid_and_counts_what_this_process_sent_and_handled
     text = page.content.decode()
     assert "django_http_requests_total_by_method_total" in text
     assert 'catga_messages_handled_total{context="inventory",kind="command",outcome="succeeded"' in text
-    promtool_check(page.content)
+    metrics_page_check(page.content)
 
 
 def test_a_rolled_back_send_is_not_counted_and_a_failing_handler_counts_as_failed(db):

