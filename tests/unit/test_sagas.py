@@ -68,14 +68,18 @@ def test_a_declined_payment_releases_the_stock_then_cancels(api, catalogue):
     assert Order.objects.get(pk=order_id).status == "cancelled"
 
 
-def test_a_stalled_payment_step_times_out_compensates_and_cancels(api, catalogue, monkeypatch, settings):
+def test_a_stalled_payment_step_times_out_compensates_and_cancels(
+    api, catalogue, monkeypatch, settings, catga_messages, catga_run_scheduled
+):
     monkeypatch.setenv("FAKE_PROVIDER_OUTAGE", "1")  # the charge never succeeds
     order_id = place(api)
     assert Order.objects.get(pk=order_id).status == "pending"
+    assert [type(c).__name__ for c in catga_messages.sent] == ["ReserveStock", "ChargePayment"]
 
     # Nothing is due yet; then the clock passes the step timeout.
-    assert get_mediator().transport.run_due() == 0
-    get_mediator().transport.run_due(now=time.time() + settings.ORDER_STEP_TIMEOUT + 1)
+    assert catga_run_scheduled() == 0
+    assert catga_run_scheduled(settings.ORDER_STEP_TIMEOUT + 1) > 0
+    assert [m.order_id for m in catga_messages.of_type(ReleaseStock)] == [order_id]  # the compensation
 
     order = Order.objects.get(pk=order_id)
     assert (order.status, order.reason) == ("cancelled", "timeout")

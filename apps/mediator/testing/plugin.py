@@ -15,6 +15,7 @@ child processes use the same server. It is stopped and deleted when the session 
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,36 @@ def pytest_unconfigure(config):
     server.stop(mode="immediate")
     os.environ.pop("DATABASE_URL", None)
     shutil.rmtree(server.data.parent, ignore_errors=True)
+
+
+# -- fixtures for tests of handlers and flows (the in-memory transport) ----------------
+
+
+@pytest.fixture
+def catga_messages(db):
+    """Every command and event the test's code publishes, decoded: `.sent`, `.published`, `.of_type(T)`.
+
+    With the in-memory transport (the default outside `run_consumer`) they are also handled
+    in the test's thread, so a test can assert on both the messages and their effects.
+    """
+    from apps.mediator.runtime import get_mediator
+    from apps.mediator.testing.recorder import MessageRecorder
+
+    recorder = MessageRecorder(get_mediator().transport)
+    yield recorder
+    recorder.stop()
+
+
+@pytest.fixture
+def catga_run_scheduled(db):
+    """Run the scheduled messages (countdown/eta, saga step timeouts) due within `seconds` from now.
+
+    `catga_run_scheduled(60)` acts as if a minute had passed; returns how many ran. The
+    in-memory transport only: on NATS the outbox relay does this on its own clock.
+    """
+    from apps.mediator.runtime import get_mediator
+
+    def run(seconds: float = 0.0) -> int:
+        return get_mediator().transport.run_due(now=time.time() + seconds)
+
+    return run
