@@ -108,6 +108,7 @@ class SagaState(models.Model):
         COMPENSATING = "compensating"
         FAILED = "failed"
         CANCELLED = "cancelled"
+        STUCK = "stuck"  # a pivot step's command is dead: an operator replays it or compensates
 
     name = models.CharField(max_length=100)
     correlation_id = models.CharField(max_length=26)

@@ -46,6 +46,19 @@ class GetOrder(Query):
     order_id: str
 
 
+class GetOrderStanding(Query):
+    """What payments checks before it moves money: the order's total and where its saga is."""
+
+    order_id: str
+
+
+class OrderStanding(msgspec.Struct, frozen=True):
+    order_id: str
+    status: str  # pending, confirmed, cancelled
+    total: Decimal
+    saga_status: str | None  # running, compensating, failed, cancelled, completed, stuck; None: no saga
+
+
 class OrderPlaced(Event):
     order_id: str
     customer_id: str

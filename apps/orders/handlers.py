@@ -12,10 +12,12 @@ from apps.orders.contracts import (
     CancelOrder,
     ConfirmOrder,
     GetOrder,
+    GetOrderStanding,
     OrderCancelled,
     OrderConfirmed,
     OrderLineOut,
     OrderPlaced,
+    OrderStanding,
     OrderView,
     PlaceOrder,
     RequestOrderCancellation,
@@ -108,6 +110,16 @@ def get_order(query: GetOrder, ctx) -> OrderView:
     return order_view(selectors.order_get(query.order_id))
 
 
+def get_order_standing(query: GetOrderStanding, ctx) -> OrderStanding | None:
+    order = Order.objects.filter(pk=query.order_id).only("status", "total", "correlation_id").first()
+    if order is None:
+        return None
+    state = OrderSaga.state_for(order.correlation_id) if order.correlation_id else None
+    return OrderStanding(
+        order_id=order.id, status=order.status, total=order.total, saga_status=state.status if state else None
+    )
+
+
 COMMANDS = {
     PlaceOrder: place_order,
     ConfirmOrder: confirm_order,
@@ -115,5 +127,5 @@ COMMANDS = {
     RequestOrderCancellation: request_cancellation,
     **OrderSaga.command_handlers(),
 }
-QUERIES = {GetOrder: get_order}
+QUERIES = {GetOrder: get_order, GetOrderStanding: get_order_standing}
 EVENTS = OrderSaga.event_handlers()

@@ -15,8 +15,13 @@ def step_timeout() -> float:
     return float(getattr(settings, "ORDER_STEP_TIMEOUT", 60))
 
 
+def _captured_in_full(data: dict, event: PaymentCaptured) -> bool:
+    return Decimal(event.amount) == Decimal(data["amount"])
+
+
 class OrderSaga(Saga):
     context = "orders"
+    key = "order_id"  # a reply about another order is not this saga's, whatever its correlation id
     steps = [
         Step(
             "reserve_stock",
@@ -36,6 +41,7 @@ class OrderSaga(Saga):
             compensate=lambda d: RefundPayment(order_id=d["order_id"], reason="order saga compensation"),
             timeout=step_timeout,
             on_reply=lambda d, event: {"payment_id": event.payment_id},
+            accepts=_captured_in_full,
         ),
         Step(
             "confirm_order",

@@ -8,9 +8,16 @@ anything else is declined as an unknown card
 With FAKE_PROVIDER_OUTAGE=1 in the environment every charge fails transiently, as
 when the real provider is down; FAKE_PROVIDER_DELAY=<seconds> makes every charge that
 slow (used to exercise retries, dead letters, replay, heartbeats and timeouts).
+
+Like Stripe, a charge carries an idempotency key: the same key charges once and
+answers the first result again. With FAKE_PROVIDER_LEDGER=<file> every call is
+appended to that file (shared by processes, as a real provider's books are), so tests
+can count calls and charges; without it the key is accepted and nothing is remembered.
 """
 
+import fcntl
 import hashlib
+import json
 import os
 import time
 from decimal import Decimal
@@ -29,8 +36,29 @@ class ProviderUnavailable(Exception):
 FLAKY_FAILURES = 2
 
 
-def charge(*, token: str, amount: Decimal, order_id: str, attempt: int) -> str:
-    """Capture `amount`; returns the provider's charge reference."""
+def charge(*, token: str, amount: Decimal, order_id: str, attempt: int, idempotency_key: str) -> str:
+    """Capture `amount` once per `idempotency_key`; returns the provider's charge reference."""
+    ledger = os.environ.get("FAKE_PROVIDER_LEDGER")
+    if not ledger:
+        return _capture(token, amount, order_id, attempt)
+    with open(ledger, "a+") as books:
+        fcntl.flock(books, fcntl.LOCK_EX)  # one call at a time across processes, as at a real provider
+        books.seek(0)
+        earlier = [json.loads(line) for line in books if line.strip()]
+        known = next((e["reference"] for e in earlier if e["key"] == idempotency_key and e["reference"]), None)
+        entry = {"key": idempotency_key, "order_id": order_id, "charged": known is None, "reference": known}
+        try:
+            if known is None:
+                entry["reference"] = _capture(token, amount, order_id, attempt)
+        except (Declined, ProviderUnavailable):
+            entry["charged"] = False
+            raise
+        finally:
+            books.write(json.dumps(entry) + "\n")
+        return entry["reference"]
+
+
+def _capture(token: str, amount: Decimal, order_id: str, attempt: int) -> str:
     delay = float(os.environ.get("FAKE_PROVIDER_DELAY", "0"))
     if delay:
         time.sleep(delay)

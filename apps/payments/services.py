@@ -20,7 +20,10 @@ def payment_charge(*, order_id: str, amount: Decimal, token: str, attempt: int) 
     if done is not None:
         return done
     try:
-        reference = provider.charge(token=token, amount=amount, order_id=order_id, attempt=attempt)
+        # One key per order: the provider charges it once, whoever calls and however often.
+        reference = provider.charge(
+            token=token, amount=amount, order_id=order_id, attempt=attempt, idempotency_key=f"charge:{order_id}"
+        )
     except provider.ProviderUnavailable as exc:
         raise TransientError(str(exc)) from exc
     except provider.Declined as exc:

@@ -70,3 +70,36 @@ def assert_consistent(orders, initial_stock):
 def start_all(workers):
     """One worker per context, as the Kubernetes Deployments run them."""
     return [workers.start(context) for context in CONTEXTS]
+
+
+def settled(url: str, only: tuple[str, ...] = ()) -> bool:
+    """Every durable consumer (or those named) has acknowledged or terminated everything it was given."""
+
+    async def check(nc, js):
+        for stream in ("CATGA_CMD", "CATGA_EVT"):
+            for consumer in await js.consumers_info(stream):
+                if only and consumer.name not in only:
+                    continue
+                if consumer.num_pending or consumer.num_ack_pending:
+                    return False
+        return True
+
+    return js_call(url, check)
+
+
+def dead_letters(url: str, tag_header: str = "Garbage-Id") -> dict[str, str]:
+    """{tag: reason} of every dead letter (the tag from its header, or its body's first word)."""
+
+    async def read(nc, js):
+        info = await js.stream_info("CATGA_DLQ")
+        found = {}
+        if not info.state.messages:
+            return found
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg("CATGA_DLQ", seq)
+            headers = msg.headers or {}
+            tag = headers.get(tag_header) or msg.data.split(b" ", 1)[0].decode("ascii", "replace")
+            found[tag] = headers.get("Catga-Dead-Reason", "")
+        return found
+
+    return js_call(url, read)

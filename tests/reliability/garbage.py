@@ -144,6 +144,32 @@ def _wrong_context(tag, rng):
     return Garbage("wrong context", RESERVE[0], _headers(tag, CHARGE[1]), body, "no handler for payments.ChargePayment")
 
 
+def _deep(tag, rng):
+    # Valid headers, a body nested thousands of levels deep (in a field, then at the top).
+    depth = rng.randint(2000, 6000)
+    nested = rng.choice([b'{"a":' * depth + b"1" + b"}" * depth, b"[" * depth + b"]" * depth])
+    body = rng.choice([b'{"order_id": ' + nested + b', "lines": []}', nested])
+    return Garbage("deeply nested body", RESERVE[0], _headers(tag, RESERVE[1]), body, "nested deeper than")
+
+
+def _nul_in_body(tag, rng):
+    # JSON may escape NUL; PostgreSQL's jsonb and text cannot hold it.
+    body = json.dumps({"order_id": "o\x00" + tag, "lines": [{"sku": "SKU-X", "quantity": 1}]}).encode()
+    return Garbage("NUL in body", RESERVE[0], _headers(tag, RESERVE[1]), body, "NUL character")
+
+
+def _bad_workflow(tag, rng):
+    value = rng.choice(["not-a-workflow", "x:y", ":", "01ARZ3NDEKTSV4RRFFQ69G5FAV:-1", "W" * 300 + ":1"])
+    headers = _headers(tag, RESERVE[1], **{"Catga-Workflow": value})
+    return Garbage("bad workflow header", RESERVE[0], headers, _reserve("nobody"), "Catga-Workflow")
+
+
+def _huge_header(tag, rng):
+    name = rng.choice(["traceparent", "tracestate", "Catga-Correlation-Id", "X-Anything"])
+    headers = _headers(tag, RESERVE[1], **{name: "0" * rng.randint(8_000, 20_000)})
+    return Garbage("huge header", RESERVE[0], headers, _reserve("nobody"), "bad header value")
+
+
 KINDS = [
     _random_bytes,
     _random_bytes_event,
@@ -154,6 +180,10 @@ KINDS = [
     _bad_header_values,
     _unknown_type,
     _wrong_context,
+    _deep,
+    _nul_in_body,
+    _bad_workflow,
+    _huge_header,
 ]
 
 

@@ -23,9 +23,9 @@ from apps.mediator.servers.ports import wait_until
 from apps.orders.models import Order
 from apps.payments.models import Payment
 from tests.integration.conftest import probe
-from tests.integration.helpers import CONTEXTS, js_call, place
+from tests.integration.helpers import CONTEXTS, dead_letters, place, settled
 from tests.reliability import garbage
-from tests.reliability.garbage import TAG, Handled
+from tests.reliability.garbage import Handled
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
 
@@ -96,35 +96,6 @@ def orders_round(api) -> tuple[list[str], float]:
         what=f"{ORDERS} orders to finish",
     )
     return ids, time.monotonic() - started
-
-
-def settled(url: str) -> bool:
-    """Every durable consumer has acknowledged (or terminated) everything it was given."""
-
-    async def check(nc, js):
-        for stream in ("CATGA_CMD", "CATGA_EVT"):
-            for consumer in await js.consumers_info(stream):
-                if consumer.num_pending or consumer.num_ack_pending:
-                    return False
-        return True
-
-    return js_call(url, check)
-
-
-def dead_letters(url: str) -> dict[str, str]:
-    """{tag: reason} of every dead letter (the tag from its header, or its body's first word)."""
-
-    async def read(nc, js):
-        info = await js.stream_info("CATGA_DLQ")
-        found = {}
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            msg = await js.get_msg("CATGA_DLQ", seq)
-            headers = msg.headers or {}
-            tag = headers.get(TAG) or msg.data.split(b" ", 1)[0].decode("ascii", "replace")
-            found[tag] = headers.get("Catga-Dead-Reason", "")
-        return found
-
-    return js_call(url, read)
 
 
 def test_malformed_messages_are_dead_lettered_change_nothing_and_orders_keep_flowing(api, stock, workers, capsys):

@@ -12,8 +12,9 @@ message it sent or received; it links to the conversation.
 import datetime as dt
 from dataclasses import dataclass
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
+from django.db import transaction
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
@@ -36,6 +37,7 @@ SAGA_COLOURS = {
     SagaState.Status.COMPENSATING: "#8250df",
     SagaState.Status.FAILED: "#cf222e",
     SagaState.Status.CANCELLED: "#6e7781",
+    SagaState.Status.STUCK: "#bf8700",
 }
 EVENT_LABELS = {
     "started": "step started (command sent)",
@@ -46,6 +48,10 @@ EVENT_LABELS = {
     "compensating": "compensation sent",
     "late_reply_compensated": "late reply: compensated",
     "ignored_reply": "reply ignored",
+    "refused_reply": "reply refused: not this saga's",
+    "timer_rearmed": "timer re-armed (it fired late: the step could not run)",
+    "stuck": "stuck: the pivot step's command is dead",
+    "compensated_by_operator": "compensated by an operator",
 }
 COMPENSATION = {"compensating", "late_reply_compensated"}
 SECRET_WORDS = ("token", "secret", "password", "card")
@@ -228,6 +234,7 @@ class SagaStateAdmin(ReadOnlyAdmin):
     sortable_by = ["saga", "created"]
     ordering = ["-id"]
     list_per_page = 50
+    actions = ["compensate_stuck"]
     fieldsets = [
         (None, {"fields": ["name", "status_badge", "step", "reason", "created_precise", "updated_precise"]}),
         ("Conversation", {"fields": ["conversation_link"]}),
@@ -244,6 +251,31 @@ class SagaStateAdmin(ReadOnlyAdmin):
 
     def get_changelist(self, request, **kwargs):
         return SagaChangeList
+
+    def has_compensate_permission(self, request) -> bool:
+        return request.user.has_perm("mediator.change_sagastate")
+
+    @admin.action(
+        description="Compensate the selected stuck sagas (undo their steps, cancel)", permissions=["compensate"]
+    )
+    def compensate_stuck(self, request, queryset):
+        sagas, mediator = known_sagas(), extensions.mediator()
+        actor = f"admin:{request.user.get_username()}"
+        done, refused = [], []
+        for state in queryset.order_by("id"):
+            saga = sagas.get(state.name)
+            try:
+                with transaction.atomic():
+                    if saga is None:
+                        raise LookupError(f"no saga {state.name} in code")
+                    saga.compensate(state.correlation_id, reason=f"compensated by {actor}", mediator=mediator)
+                done.append(state.correlation_id)
+            except Exception as exc:  # Conflict (not stuck), LookupError: said, not raised
+                refused.append(f"{state.correlation_id}: {exc}")
+        if done:
+            self.message_user(request, f"Compensating {len(done)} saga(s): {', '.join(done)}.", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not compensated: " + "; ".join(refused), messages.WARNING)
 
     def changelist_view(self, request, extra_context=None):
         return super().changelist_view(request, {"title": "Sagas", **(extra_context or {})})

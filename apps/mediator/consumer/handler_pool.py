@@ -158,6 +158,12 @@ class HandlerPool:
     def _run_group(self, jobs: list[Job]) -> None:
         try:
             results = jobs[0].group([(job.args, job.kwargs) for job in jobs], lambda i: not jobs[i].withdrawn)
+        except Exception:
+            # One job's failure is its own: the others run alone, as if never grouped.
+            logger.exception("a group of %d jobs failed; running them one by one", len(jobs))
+            for job in jobs:
+                if not job.withdrawn:
+                    self._run_one(job)
         except BaseException as exc:
             for job in jobs:
                 self.loop.call_soon_threadsafe(_resolve, job.future, None, exc)

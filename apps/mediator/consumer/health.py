@@ -3,9 +3,10 @@
 Live means the fetch loop has made progress recently — a fetch returned, or a running
 handler's heartbeat was sent — within CATGA["LIVENESS_WINDOW"]: a pull that hangs after
 a reconnect, or handler threads wedged past their timeout holding every slot, turn it
-false, so Kubernetes restarts the pod. Ready means connected, bound to its consumers
-and not draining. /metrics is the process's Prometheus registry (catga_* and the
-Python runtime's own).
+false, so Kubernetes restarts the pod. Ready means connected, bound to its consumers,
+not draining, and the database answered the last delivery or reading (an outage turns it
+false until one gets through). /metrics is the process's Prometheus registry (catga_* and
+the Python runtime's own).
 """
 
 import asyncio
@@ -39,8 +40,9 @@ class HealthServer:
         return {
             "live": {"ok": stalled_for < window, "seconds_since_progress": round(stalled_for, 1)},
             "ready": {
-                "ok": connected and state.bound and not state.draining,
+                "ok": connected and state.bound and not state.draining and state.database,
                 "connected": connected,
+                "database": state.database,
                 "bound": state.bound,
                 "draining": state.draining,
                 "in_flight": state.in_flight,

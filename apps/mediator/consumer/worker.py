@@ -23,14 +23,13 @@ from apps.mediator.consumer.handler_pool import HandlerPool
 from apps.mediator.consumer.health import HealthServer
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.core.envelope import H_TYPE, Envelope
-from apps.mediator.core.errors import UndecodableMessage
 from apps.mediator.core.ids import new_id
 from apps.mediator.core.messages import Kind, message_type
 from apps.mediator.core.ports import Delivery, Subscription, Transport
 from apps.mediator.delivery.dispatcher import Dispatcher
 from apps.mediator.delivery.outcome import ACK, DEAD, RETRY, Outcome
 from apps.mediator.observability import metrics
-from apps.mediator.storage import outbox
+from apps.mediator.storage import outage, outbox
 
 logger = logging.getLogger("catga.worker")
 
@@ -43,6 +42,7 @@ class WorkerState:
     last_progress: float = field(default_factory=time.monotonic)
     in_flight: int = 0
     handled: int = 0
+    database: bool = True  # the last delivery or reading reached the database (readiness)
 
 
 class Slots:
@@ -221,8 +221,8 @@ class Worker:
         try:
             try:
                 envelope = Envelope.from_headers(delivery.headers)
-            except UndecodableMessage as exc:
-                await self._run(self.dispatcher.dead_on_arrival, _stand_in(delivery), delivery.body, str(exc))
+            except Exception as exc:
+                await self._run(self.dispatcher.unhandled, _stand_in(delivery), delivery.body, exc)
                 return
             outcome = await self._run(self.dispatcher.handle, envelope, delivery.body, context=sub.context)
             if outcome.action != ACK:
@@ -244,10 +244,11 @@ class Worker:
         try:
             try:
                 envelope = Envelope.from_headers(delivery.headers).with_attempt(delivery.attempt)
-            except UndecodableMessage as exc:
-                outcome = await self._run(self.dispatcher.dead_on_arrival, _stand_in(delivery), delivery.body, str(exc))
+            except Exception as exc:  # UndecodableMessage, or whatever else hostile headers raise
+                outcome = await self._run(self.dispatcher.unhandled, _stand_in(delivery), delivery.body, exc)
             else:
                 outcome, stray = await self._handle_watched(sub, delivery, envelope)
+            self.state.database = not outcome.outage
             await self._settle(sub, delivery, outcome)
             self.state.handled += 1
         except Exception:
@@ -282,12 +283,12 @@ class Worker:
             if job.started is not None and time.monotonic() >= job.started + timeout:
                 logger.warning("%s %s ran past its %gs timeout; retrying it", envelope.type, envelope.id, timeout)
                 self.pool.requeue_waiting(job)
-                future.add_done_callback(
-                    lambda _: self.loop.create_task(
-                        self._run(self.dispatcher.note_timeout, envelope, sub.context, timeout)
-                    )
+                future.add_done_callback(lambda _: self.dispatcher.stray_ended(envelope, sub.context))
+                # Recorded off the handler threads: they may all be held by strays.
+                outcome = await self.loop.run_in_executor(
+                    None, _in_thread, self.dispatcher.timed_out, (envelope, sub.context, timeout), {}
                 )
-                return self.dispatcher.timed_out(envelope, timeout), future
+                return outcome, future
             await delivery.touch()
             if job.started is not None:  # running within its timeout is progress; queued behind a stuck thread is not
                 self.state.last_progress = time.monotonic()
@@ -296,7 +297,7 @@ class Worker:
         return await self.pool.submit(func, *args, **kwargs).future
 
     async def _settle(self, sub: Subscription, delivery: Delivery, outcome: Outcome) -> None:
-        metrics.count_settled(delivery.headers.get(H_TYPE, ""), sub.context, outcome.action)
+        metrics.count_settled(delivery.headers.get(H_TYPE, ""), sub.context, outcome.action, outage=outcome.outage)
         if outcome.action == ACK:
             await delivery.ack()
         elif outcome.action == RETRY:
@@ -327,9 +328,12 @@ class Worker:
                 metrics.set_backlog(await asyncio.wait_for(self.receiver.backlog(), timeout=interval))
                 backlog = await self.loop.run_in_executor(None, _in_thread, outbox.backlog, (), {})
                 metrics.set_outbox_backlog(backlog)
+                self.state.database = True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS or the database away: keep the last values, try again
+                if outage.unavailable(exc):
+                    self.state.database = False
                 logger.debug("metrics refresh failed: %r", exc)
             await asyncio.sleep(interval)
 

@@ -11,7 +11,8 @@ CONTEXTS            {context name: handlers module}; empty (the default): every 
                     label (or its AppConfig's `catga_context`).
 BEHAVIORS           Dotted paths of pipeline behaviors, outermost first (like MIDDLEWARE).
 DEFAULT_QOS         "at_least_once"; a message type's Meta.qos overrides it.
-MAX_ATTEMPTS        Deliveries before a failing message is dead-lettered.
+MAX_ATTEMPTS        Handler failures (as the history records them, not the broker's delivery
+                    count) before a failing message is dead-lettered.
 RETRY_BACKOFF       Base delay in seconds of the exponential retry backoff.
 RETRY_BACKOFF_MAX   Cap of that delay in seconds.
 HANDLER_TIMEOUT     Seconds a handler may run; a message type's Meta.timeout overrides it.
@@ -59,7 +60,14 @@ RELAY_GRACE         Age in seconds before the relay takes over an unpublished ro
                     (younger rows are still being published right after commit).
 RELAY_BATCH         Rows per relay transaction.
 SHUTDOWN_GRACE      Seconds run_consumer gives in-flight handlers after SIGTERM.
-MAX_BODY_BYTES      Largest message body a worker decodes; bigger ones are dead-lettered unread.
+MAX_BODY_BYTES      Largest message body a worker decodes; bigger ones are dead-lettered unread
+                    (the NATS servers' max_payload is set to it plus room for headers).
+MAX_BODY_DEPTH      Deepest nesting of a body's JSON; deeper ones are dead-lettered unread.
+MAX_HEADER_LENGTH   Longest value of any header of a received message (a W3C tracestate
+                    is at most 512); longer ones are dead-lettered unread.
+OUTAGE_RETRY_MAX    Cap in seconds of the delay between retries of a delivery that could not
+                    reach the database: it costs no attempt and is retried for as long as the
+                    outage lasts.
 LIVENESS_WINDOW     Seconds without progress (a fetch returning, a handler heartbeat) before
                     run_consumer's /health/live fails and Kubernetes restarts it.
 METRICS_INTERVAL    Seconds between run_consumer's readings of JetStream lag and outbox backlog.
@@ -113,6 +121,9 @@ DEFAULTS = {
     "RELAY_BATCH": 200,
     "SHUTDOWN_GRACE": 20.0,
     "MAX_BODY_BYTES": 256 * 1024,
+    "MAX_BODY_DEPTH": 64,
+    "MAX_HEADER_LENGTH": 1024,
+    "OUTAGE_RETRY_MAX": 5.0,
     "LIVENESS_WINDOW": 30.0,
     "METRICS_INTERVAL": 15.0,
     "TRACING": False,

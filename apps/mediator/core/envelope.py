@@ -5,10 +5,12 @@ columns of the history's Message row.
 """
 
 import datetime as dt
+import re
 import time
 
 import msgspec
 
+from apps.mediator.core.conf import catga_settings
 from apps.mediator.core.errors import UndecodableMessage
 from apps.mediator.core.ids import new_id
 from apps.mediator.core.messages import Kind, Message, QoS
@@ -32,6 +34,7 @@ H_WORKFLOW = "Catga-Workflow"
 # as undecodable, rather than failing the database write on every redelivery.
 MAX_ID_LENGTH = 26
 MAX_TYPE_LENGTH = 200
+WORKFLOW = re.compile(r"[0-9A-Z]{1,26}:[0-9]{1,6}")  # "<workflow id>:<member index>", as orchestration writes it
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,8 +111,18 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
         missing = [h for h in (H_ID, H_TYPE, H_KIND) if not headers.get(h)]
         if missing:
             raise UndecodableMessage(f"missing header(s): {', '.join(missing)}")
-        if any("\x00" in str(value) for value in headers.values()):
-            raise UndecodableMessage("bad header value: a NUL character (the history cannot store it)")
+        longest = catga_settings.MAX_HEADER_LENGTH
+        for name, value in headers.items():
+            if "\x00" in str(value):
+                raise UndecodableMessage("bad header value: a NUL character (the history cannot store it)")
+            if len(str(value)) > longest:
+                raise UndecodableMessage(
+                    f"bad header value: {str(name)[:64]} is {len(str(value))} characters long"
+                    f" (MAX_HEADER_LENGTH={longest})"
+                )
+        workflow = headers.get(H_WORKFLOW)
+        if workflow is not None and not WORKFLOW.fullmatch(workflow):
+            raise UndecodableMessage(f"bad header value: {H_WORKFLOW}={workflow[:64]!r} is not <workflow id>:<index>")
         try:
             envelope = cls(
                 id=headers[H_ID],
@@ -123,7 +136,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
                 not_before=float(headers[H_NOT_BEFORE]) if headers.get(H_NOT_BEFORE) else None,
                 traceparent=headers.get(H_TRACEPARENT),
                 tracestate=headers.get(H_TRACESTATE),
-                workflow=headers.get(H_WORKFLOW),
+                workflow=workflow,
             )
         except ValueError as exc:
             raise UndecodableMessage(f"bad header value: {exc}") from exc

@@ -43,6 +43,9 @@ class MessageOptions(msgspec.Struct, frozen=True):
     qos: QoS | None = None  # None: CATGA["DEFAULT_QOS"]
     max_attempts: int | None = None  # None: CATGA["MAX_ATTEMPTS"]
     timeout: float | None = None  # seconds; None: CATGA["HANDLER_TIMEOUT"]
+    # Its handler acts outside the database (a payment provider): it always holds the
+    # inbox claim, history on or off, so a timed-out run and its retry never overlap.
+    external_effects: bool = False
 
     @property
     def wire_name(self) -> str:
@@ -80,6 +83,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
             qos=getattr(meta, "qos", None),
             max_attempts=getattr(meta, "max_attempts", None),
             timeout=getattr(meta, "timeout", None),
+            external_effects=getattr(meta, "external_effects", False),
         )
         wire_name = cls.options.wire_name
         previous = _TYPES.get(wire_name)

@@ -6,12 +6,11 @@ turns that outcome into its own acknowledgement; the decision is made here, once
 """
 
 import logging
-import time
 import traceback
 from typing import Any, Protocol
 
 import msgspec
-from django.db import DatabaseError, OperationalError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from apps.mediator.core import codec
@@ -23,10 +22,12 @@ from apps.mediator.core.ids import new_id
 from apps.mediator.core.messages import Kind, Message, QoS, message_type
 from apps.mediator.core.pipeline import HandlerContext, Pipeline
 from apps.mediator.core.registry import HandlerSpec, Registry
-from apps.mediator.delivery.outcome import ACK, DEAD, RETRY, Outcome, backoff
+from apps.mediator.delivery import group_commit
+from apps.mediator.delivery.checks import inbox_on, jsonable, lock_busy, not_the_stored
+from apps.mediator.delivery.outcome import ACK, DEAD, OUTAGE, RETRY, Outcome, backoff, outage_backoff
 from apps.mediator.models import Delivery
 from apps.mediator.models import Message as MessageRow
-from apps.mediator.storage import history, inbox
+from apps.mediator.storage import history, inbox, outage
 
 logger = logging.getLogger("catga.worker")
 
@@ -45,8 +46,40 @@ class Dispatcher:
         self.pipeline = pipeline
         self.workflows = workflows
         self.mediator = None  # the Mediator this dispatcher serves: handlers get it as ctx.mediator
+        # (message id, handler) of runs the worker stopped waiting for: their timeout is
+        # recorded as their attempt, so their own late failure must not count again.
+        self._strays: set[tuple[str, str]] = set()
 
     def handle(self, envelope: Envelope, body: bytes, *, context: str | None = None) -> Outcome:
+        """The outcome of one delivery; never raises, whatever its bytes or the database's state."""
+        try:
+            return self._handle(envelope, body, context)
+        except Exception as exc:
+            return self.unhandled(envelope, body, exc)
+
+    def unhandled(self, envelope: Envelope, body: bytes, exc: Exception) -> Outcome:
+        """What escaped decoding, recording or routing: a free retry while the database is away, else dead."""
+        if outage.unavailable(exc):
+            return self.outage(envelope, exc)
+        if isinstance(exc, UndecodableMessage):
+            reason = str(exc)
+        else:
+            reason = f"could not be handled: {type(exc).__name__}: {exc}"[:2000]
+            logger.error("%s %s %s", envelope.type, envelope.id, reason, exc_info=exc)
+        try:
+            return self.dead_on_arrival(envelope, body, reason)
+        except Exception as again:
+            if outage.unavailable(again):
+                return self.outage(envelope, again)
+            logger.exception("could not record the dead letter of %s", envelope.id)
+            return Outcome(DEAD, reason=reason)  # the dead-letter stream still has it, with the reason
+
+    @staticmethod
+    def outage(envelope: Envelope, exc: BaseException) -> Outcome:
+        reason = f"{OUTAGE}: {type(exc).__name__}: {str(exc)[:200]}"
+        return Outcome(RETRY, delay=outage_backoff(envelope.attempt), reason=reason, outage=True)
+
+    def _handle(self, envelope: Envelope, body: bytes, context: str | None) -> Outcome:
         if len(body) > catga_settings.MAX_BODY_BYTES:
             return self.dead_on_arrival(
                 envelope,
@@ -62,9 +95,9 @@ class Dispatcher:
             if message.kind is Kind.EVENT:
                 return Outcome(ACK)  # nobody here subscribes; not an error
             return self.dead_on_arrival(envelope, body, f"no handler for {envelope.type}")
-        if _inbox(envelope):
+        if inbox_on(envelope, message):
             stored, created = history.ensure_received(envelope, codec.to_payload(message))
-            forged = "" if created else _not_the_stored(stored, envelope, message)
+            forged = "" if created else not_the_stored(stored, envelope, message)
             if forged:
                 return Outcome(DEAD, reason=forged)  # the stored message's history is left as it is
         outcomes = [self.run(spec, message, envelope) for spec in specs]
@@ -75,157 +108,17 @@ class Dispatcher:
         return outcomes[0] if len(outcomes) == 1 else Outcome(ACK)
 
     def handle_many(self, calls: list[tuple[tuple, dict]], wanted=lambda index: True) -> list[Outcome | None]:
-        """Several deliveries, the `(args, kwargs)` of `handle`, committed together where they can be.
-
-        A group commit (PostgreSQL): the deliveries a handler thread took in one hand-off
-        run in one transaction, with one statement to claim their inbox records and one to
-        record their successes, and one commit (one disk flush) for all. Each still has its
-        own effects, inbox record and history, and each is acknowledged after the commit.
-
-        What cannot simply succeed ends the group before it and is handled on its own, as
-        `handle` does. A handler that raises rolls its group back: its failure is recorded
-        as `run` records it, and the deliveries before it run again as a group, so a
-        handler may run again after a rollback, as at-least-once redelivery may run it
-        anyway. A group closes after GROUP_COMMIT seconds, so a slow handler holds back few
-        acknowledgements. A call no longer `wanted` (the worker gave up waiting for it) is
-        not started; its outcome is None.
-        """
-        outcomes: list[Outcome | None] = [None] * len(calls)
-        if catga_settings.GROUP_COMMIT <= 0:
-            for index, (args, kwargs) in enumerate(calls):
-                if wanted(index):
-                    outcomes[index] = self.handle(*args, **kwargs)
-            return outcomes
-        settled = [False] * len(calls)
-        start = 0
-        while start < len(calls):
-            if settled[start] or not wanted(start):
-                start += 1
-                continue
-            end = start + 1
-            while end < len(calls) and not settled[end]:
-                end += 1
-            start = self._group(calls, start, end, wanted, outcomes, settled)
-        return outcomes
-
-    def _group(self, calls, start: int, end: int, wanted, outcomes: list, settled: list) -> int:
-        """Settle calls from `start` (up to `end`) in one transaction; returns where the next group starts."""
-        plain = []  # (index, envelope, message, specs)
-        seen = set()
-        for index in range(start, end):
-            (envelope, body), kwargs = calls[index]
-            message = self._decoded(envelope, body)
-            if message is None:
-                break
-            specs = self.registry.handlers_for(type(message), kwargs.get("context"))
-            if not specs and message.kind is not Kind.EVENT:
-                break
-            if envelope.id in seen:  # a second copy in one transaction would take the same lock again
-                break
-            seen.add(envelope.id)
-            plain.append((index, envelope, message, specs))
-        if not plain:
-            args, kwargs = calls[start]
-            outcomes[start], settled[start] = self.handle(*args, **kwargs), True
-            return start + 1
-        try:
-            done, failure = self._in_one_transaction(plain, wanted)
-        except DatabaseError:  # the group's own statements (a deadlock, a lost connection): one by one
-            logger.warning("a group commit failed; handling its deliveries one by one", exc_info=True)
-            done, failure = [], None
-        if failure is not None:
-            index, envelope, message, specs, spec, exc, started = failure
-            if len(specs) == 1:  # recorded as `run` records a failure, without running it again
-                outcomes[index] = self._failed(spec, message, envelope, exc, started)
-            else:
-                args, kwargs = calls[index]
-                outcomes[index] = self.handle(*args, **kwargs)
-            settled[index] = True
-            return start  # the ones before it, again
-        if not done:  # the first could not be claimed here: on its own
-            args, kwargs = calls[start]
-            outcomes[start], settled[start] = self.handle(*args, **kwargs), True
-            return start + 1
-        for index, outcome in done:
-            outcomes[index], settled[index] = outcome, True
-        return start + len(done)
-
-    def _in_one_transaction(self, plain: list, wanted) -> tuple[list[tuple[int, Outcome]], tuple | None]:
-        """Claim, run and record `plain` in one transaction; (what succeeded, the failure that rolled it back)."""
-        closes = time.monotonic() + catga_settings.GROUP_COMMIT
-        done: list[tuple[int, Outcome]] = []
-        failure = None
-        with transaction.atomic():
-            plain = self._claimed(plain)
-            succeeded = []
-            for index, envelope, message, specs, claims in plain:
-                if done and (time.monotonic() >= closes or not wanted(index)):
-                    break
-                results = []
-                for spec, claim in zip(specs, claims, strict=True):
-                    if claim is not None and claim.status in (Delivery.Status.SUCCEEDED, Delivery.Status.DEAD):
-                        results.append(Outcome(ACK, result=claim.result, duplicate=True))
-                        continue
-                    started = timezone.now()
-                    try:
-                        result = self._invoke(spec, message, envelope)
-                    except Exception as exc:
-                        failure = (index, envelope, message, specs, spec, exc, started)
-                        break
-                    if claim is not None:
-                        succeeded.append((claim, envelope.attempt, started, timezone.now(), _jsonable(result)))
-                    results.append(Outcome(ACK, result=result))
-                if failure is not None:
-                    transaction.set_rollback(True)
-                    break
-                done.append((index, results[0] if len(results) == 1 else Outcome(ACK)))
-            if failure is None and succeeded:
-                inbox.succeeded_many(succeeded)
-        return ([] if failure else done), failure
-
-    def _decoded(self, envelope: Envelope, body: bytes) -> Message | None:
-        """The message, when nothing about it needs `handle`'s dead-letter path."""
-        if len(body) > catga_settings.MAX_BODY_BYTES:
-            return None
-        try:
-            message = codec.decode(envelope.type, body)
-        except (UndecodableMessage, ValidationFailed):
-            return None
-        if envelope.attempt > self.max_attempts(message):
-            return None
-        return message
-
-    def _claimed(self, plain: list) -> list:
-        """The leading run of `plain` whose inbox records are claimed and whose stored copy matches.
-
-        Each entry gains the claims of its handlers (None each for a delivery without inbox).
-        """
-        wanted = [
-            (envelope.id, spec.name, spec.context, timezone.now())
-            for _, envelope, _, specs in plain
-            if _inbox(envelope)
-            for spec in specs
-        ]
-        claims = iter(inbox.claim_many(wanted) if wanted else [])
-        claimed = []
-        for index, envelope, message, specs in plain:
-            if not _inbox(envelope):
-                claimed.append((index, envelope, message, specs, [None] * len(specs)))
-                continue
-            mine = [next(claims) for _ in specs]
-            stored = mine[0] if mine else None
-            if stored is not None and (
-                stored.stored_type is None  # no row: `handle` stores what arrived
-                or not all(claim.locked for claim in mine)  # handled elsewhere right now
-                or _forged(stored, envelope, message)
-            ):
-                break
-            claimed.append((index, envelope, message, specs, mine))
-        return claimed
+        """Several deliveries, the `(args, kwargs)` of `handle`, committed together where they can be."""
+        return group_commit.handle_many(self, calls, wanted)
 
     def run(self, spec: HandlerSpec, message: Message, envelope: Envelope, *, raise_errors: bool = False) -> Outcome:
-        """One handler, one attempt, in one transaction with its inbox record."""
-        if not _inbox(envelope):
+        """One handler, one attempt, in one transaction with its inbox record.
+
+        The attempt number is the record's: handler failures so far, plus this one. The
+        broker's delivery count also counts redeliveries after outages and crashes, in
+        which the handler never failed.
+        """
+        if not inbox_on(envelope, message):
             return self._run_unrecorded(spec, message, envelope, raise_errors=raise_errors)
         started = timezone.now()
         try:
@@ -237,24 +130,25 @@ class Dispatcher:
                 delivery = inbox.inbox_claim(envelope.id, spec.name, spec.context, started)
                 if delivery.status in (Delivery.Status.SUCCEEDED, Delivery.Status.DEAD):
                     return Outcome(ACK, result=delivery.result, duplicate=True)
-                if envelope.attempt > self.max_attempts(message):
-                    raise AttemptsExhausted(f"delivered {envelope.attempt} times without settling")
-                result = self._invoke(spec, message, envelope)
-                inbox.inbox_succeeded(delivery, envelope.attempt, started, timezone.now(), _jsonable(result))
+                envelope = envelope.with_attempt(delivery.attempts + 1)
+                if envelope.attempt > self.max_attempts(message):  # MAX_ATTEMPTS lowered since
+                    raise AttemptsExhausted(f"failed {delivery.attempts} times")
+                result = self.invoke(spec, message, envelope)
+                inbox.inbox_succeeded(delivery, envelope.attempt, started, timezone.now(), jsonable(result))
             return Outcome(ACK, result=result)
         except Exception as exc:
             if raise_errors:
                 raise
-            return self._failed(spec, message, envelope, exc, started)
+            return self.failed(spec, message, envelope, exc, started)
 
-    def _invoke(self, spec: HandlerSpec, message: Message, envelope: Envelope):
+    def invoke(self, spec: HandlerSpec, message: Message, envelope: Envelope):
         """The handler through the pipeline, as the cause of what it sends; a chain or group
         member also advances its workflow (in the caller's transaction)."""
         token = current_envelope.set(envelope)
         try:
             result = self.pipeline.run(message, HandlerContext(envelope=envelope, handler=spec, mediator=self.mediator))
             if envelope.workflow and self.workflows is not None:
-                self.workflows.member_succeeded(envelope, _jsonable(result), self.mediator)
+                self.workflows.member_succeeded(envelope, jsonable(result), self.mediator)
             return result
         finally:
             current_envelope.reset(token)
@@ -263,50 +157,87 @@ class Dispatcher:
         """RECORD_HISTORY off, not ExactlyOnce: the handler in its transaction, no inbox row.
 
         A success leaves no trace in the history; a failure is recorded as usual (the
-        admin's dead letters and replay need it).
+        admin's dead letters and replay need it), and a redelivery reads its attempt
+        number from that record.
         """
         started = timezone.now()
         try:
-            if envelope.attempt > self.max_attempts(message):
-                raise AttemptsExhausted(f"delivered {envelope.attempt} times without settling")
+            if envelope.attempt > 1:
+                failures = Delivery.objects.filter(message_id=envelope.id, handler=spec.name).values_list(
+                    "attempts", flat=True
+                )
+                envelope = envelope.with_attempt(next(iter(failures), 0) + 1)
+                if envelope.attempt > self.max_attempts(message):
+                    raise AttemptsExhausted(f"failed {envelope.attempt - 1} times")
             with transaction.atomic():
-                result = self._invoke(spec, message, envelope)
+                result = self.invoke(spec, message, envelope)
             return Outcome(ACK, result=result)
         except Exception as exc:
             if raise_errors:
                 raise
+            if outage.unavailable(exc):
+                return self.outage(envelope, exc)
             history.ensure_received(envelope, codec.to_payload(message))
-            return self._failed(spec, message, envelope, exc, started)
+            return self.failed(spec, message, envelope, exc, started)
 
     @staticmethod
     def max_attempts(message) -> int:
         return message.options.max_attempts or catga_settings.MAX_ATTEMPTS
 
-    def timed_out(self, envelope: Envelope, seconds: float) -> Outcome:
-        """The worker stopped waiting for a handler: retry the message, or bury it when out of attempts.
+    def timed_out(self, envelope: Envelope, context: str | None, seconds: float) -> Outcome:
+        """The worker stopped waiting for a handler: its timeout is recorded as a failed attempt,
+        and the message retried, or buried when out of attempts.
 
-        Nothing is written here: the handler's thread still holds its inbox row and will
-        record its own outcome; `note_timeout` adds the timeout to the log afterwards.
+        The handler's thread (the stray) still runs and holds the inbox claim, so its retry
+        waits for it; should it still succeed, its success is recorded over the timeout.
         """
-        cls = message_type(envelope.type)
         reason = f"HandlerTimeout: handler did not finish within {seconds:g}s"
-        if cls is not None and envelope.attempt >= self.max_attempts(cls):
-            return Outcome(DEAD, reason=f"gave up after {envelope.attempt} attempts: {reason}")
+        cls = message_type(envelope.type)
+        specs = self.registry.handlers_for(cls, context) if cls is not None else []
+        dead = False
+        try:
+            with transaction.atomic():
+                history.ensure_received(envelope, {"raw": "(timed out before it was recorded)"})
+                for spec in specs:
+                    self._strays.add((envelope.id, spec.name))
+                    failures = Delivery.objects.filter(message_id=envelope.id, handler=spec.name).values_list(
+                        "attempts", flat=True
+                    )
+                    attempt = next(iter(failures), 0) + 1
+                    dead = dead or attempt >= self.max_attempts(cls)
+                    history.record_delivery_failure(
+                        envelope.with_attempt(attempt),
+                        spec.name,
+                        spec.context,
+                        status=Delivery.Status.DEAD if dead else Delivery.Status.RETRYING,
+                        started=timezone.now(),
+                        error=reason,
+                        tb="",
+                        only_if_unfinished=True,
+                        outcome="timed_out",
+                    )
+        except Exception as exc:
+            if outage.unavailable(exc):
+                return self.outage(envelope, exc)
+            raise
+        if dead:
+            return Outcome(DEAD, reason=f"gave up after {self.max_attempts(cls)} attempts: {reason}")
         return Outcome(RETRY, delay=backoff(envelope.attempt), reason=reason)
 
-    def note_timeout(self, envelope: Envelope, context: str | None, seconds: float) -> None:
-        """Once a timed-out handler has ended, put the timeout on its delivery's record."""
-        with transaction.atomic():
-            for delivery in Delivery.objects.select_for_update().filter(message_id=envelope.id, context=context or ""):
-                now = timezone.now()
-                entry = history.log_entry(
-                    envelope.attempt, now, now, "timed_out", f"HandlerTimeout: ran past its {seconds:g}s timeout"
-                )
-                delivery.attempt_log = [*delivery.attempt_log, entry]
-                delivery.save(update_fields=["attempt_log"])
+    def stray_ended(self, envelope: Envelope, context: str | None) -> None:
+        """A timed-out handler thread has ended: its next failure counts again."""
+        cls = message_type(envelope.type)
+        for spec in self.registry.handlers_for(cls, context) if cls is not None else []:
+            self._strays.discard((envelope.id, spec.name))
 
-    def _failed(self, spec, message, envelope, exc, started) -> Outcome:
-        if _lock_busy(exc):
+    def failed(self, spec, message, envelope, exc, started) -> Outcome:
+        if outage.unavailable(exc):
+            return self.outage(envelope, exc)
+        if (envelope.id, spec.name) in self._strays:
+            # A run the worker stopped waiting for: its timeout was its recorded attempt,
+            # and its retry (which this claim held back) settles the message.
+            return Outcome(RETRY, delay=backoff(envelope.attempt), reason=f"{type(exc).__name__} after its timeout")
+        if lock_busy(exc):
             # Another copy of this delivery is still running (it holds the inbox row):
             # come back later; that copy records its own outcome, so write nothing here.
             return Outcome(RETRY, delay=max(backoff(envelope.attempt), 1.0), reason="busy: handled elsewhere")
@@ -348,49 +279,3 @@ class Dispatcher:
                 envelope, "(decode)", "", status=Delivery.Status.DEAD, started=now, error=reason, tb=""
             )
         return Outcome(DEAD, reason=reason)
-
-
-def _forged(claim: inbox.Claim, envelope: Envelope, message: Message) -> bool:
-    if claim.stored_type == envelope.type and claim.stored_payload == codec.to_payload(message):
-        return False  # the common case, without building the stored message
-    stored = MessageRow(id=envelope.id, type=claim.stored_type, payload=claim.stored_payload)
-    return bool(_not_the_stored(stored, envelope, message))
-
-
-def _not_the_stored(stored: MessageRow, envelope: Envelope, message: Message) -> str:
-    """Why a message whose id the history already holds is not that message ("" when it is).
-
-    The inbox is keyed by message id, so a copy reusing the id of another message (of
-    another type, or with another body) must be neither applied in its place nor
-    acknowledged as if it had been.
-    """
-    if stored.type != envelope.type:
-        return f"forged message id: {envelope.id} names a {stored.type}, not a {envelope.type}"
-    try:
-        original = msgspec.convert(stored.payload, type(message))
-    except msgspec.ValidationError:
-        return ""  # recorded by another version of the type: the id is all there is to go on
-    if original != message:
-        return f"forged message id: {envelope.id} names a {stored.type} with another body"
-    return ""
-
-
-def _inbox(envelope: Envelope) -> bool:
-    """Whether this delivery writes its history rows (Message + Delivery, the inbox)."""
-    return envelope.qos is QoS.EXACTLY_ONCE or history.recording()
-
-
-def _lock_busy(exc: BaseException) -> bool:
-    """The inbox lock is held by another copy: InboxBusy, or lock_not_available from FOR UPDATE NOWAIT."""
-    if isinstance(exc, inbox.InboxBusy):
-        return True
-    return isinstance(exc, OperationalError) and getattr(exc.__cause__, "sqlstate", None) == "55P03"
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None:
-        return None
-    try:
-        return msgspec.to_builtins(value, str_keys=True, enc_hook=str)
-    except TypeError:
-        return repr(value)

@@ -61,6 +61,16 @@ DEAD_LETTERED = Counter(
     "Deliveries moved to the dead-letter stream (permanent failure, attempts exhausted, undecodable).",
     ["type", "context"],
 )
+DEFERRED = Counter(
+    "catga_messages_deferred",
+    "Deliveries retried because the database was unreachable (no attempt spent).",
+    ["type", "context"],
+)
+SAGAS_STUCK = Counter(
+    "catga_sagas_stuck",
+    "Sagas that became stuck: a pivot step's command is a dead letter (an operator must act).",
+    ["saga"],
+)
 OUTBOX_BACKLOG = Gauge(
     "catga_outbox_backlog",
     "Outbox rows committed but not yet published to NATS.",
@@ -104,12 +114,18 @@ def count_sent(envelope) -> None:
     SENT.labels(_known(envelope.type), envelope.kind.value, _owner(envelope.type), envelope.qos.value).inc()
 
 
-def count_settled(type_name: str, context: str, action: str) -> None:
-    """The worker's settlement of one delivery: "retry" and "dead" are counted."""
-    if action == "retry":
+def count_settled(type_name: str, context: str, action: str, *, outage: bool = False) -> None:
+    """The worker's settlement of one delivery: "retry" and "dead" are counted, outage retries apart."""
+    if outage:
+        DEFERRED.labels(_known(type_name), context or UNKNOWN).inc()
+    elif action == "retry":
         RETRIED.labels(_known(type_name), context or UNKNOWN).inc()
     elif action == "dead":
         DEAD_LETTERED.labels(_known(type_name), context or UNKNOWN).inc()
+
+
+def count_saga_stuck(saga: str) -> None:
+    SAGAS_STUCK.labels(saga).inc()
 
 
 class _Series:

@@ -21,9 +21,16 @@ compensations of the completed steps are sent in reverse order, then `on_failed`
 A reply that arrives for the in-flight step after the saga gave up is undone with
 that step's compensation. Once a `pivot` step has been sent, the saga can no
 longer be cancelled (it is the point of no return).
+
+A timer that fires late (the database or the consumers were away when it was due) is
+re-armed instead of giving up: the step had no time to run. A pivot step whose command
+is dead makes the saga `stuck`, visibly, until an operator replays that dead letter
+(the reply completes the saga) or compensates it from the admin. A reply is only taken
+from the saga's own business key (`key`: the order id) and when `Step.accepts` it.
 """
 
 import datetime as dt
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -36,6 +43,10 @@ from apps.mediator.core.errors import Conflict
 from apps.mediator.core.messages import Command, Event
 from apps.mediator.models import Message as MessageRow
 from apps.mediator.models import SagaState
+from apps.mediator.observability import metrics
+
+LATE_TIMER = 5.0  # seconds past due (and half the step's timeout) that say the system was away
+MAX_REARMS = 5  # late timers re-armed per step, then it times out as usual
 
 Status = SagaState.Status
 
@@ -52,6 +63,8 @@ class Step:
     # Folds a completing reply into the saga's data (e.g. remember the payment id).
     on_reply: Callable[[dict, Event], dict] | None = None
     failure_reason: Callable[[Event], str] = field(default=lambda event: getattr(event, "reason", "failed"))
+    # Whether a completing reply is the one expected (its amount is the order's): others are ignored.
+    accepts: Callable[[dict, Event], bool] | None = None
 
     def timeout_seconds(self) -> float:
         return self.timeout() if callable(self.timeout) else self.timeout
@@ -62,6 +75,9 @@ class Saga:
     context: ClassVar[str]
     steps: ClassVar[Sequence[Step]]
     Timeout: ClassVar[type[Command]]
+    # The data key every reply must carry with the same value (the order id): a reply
+    # with this conversation's correlation id but another business key is not ours.
+    key: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -138,13 +154,38 @@ class Saga:
         return state
 
     @classmethod
+    def compensate(cls, correlation_id: str, reason: str = "compensated by an operator", *, mediator) -> SagaState:
+        """Undo a stuck saga's completed steps and send its last word (the operator's way out)."""
+        state = cls.state_for(correlation_id, lock=True)
+        if state is None or state.status != Status.STUCK:
+            raise Conflict(f"only a stuck saga can be compensated; this one is {state.status if state else 'absent'}")
+        cls._log(state, state.current_step, "compensated_by_operator", detail=reason)
+        cls._give_up(state, reason, mediator, status=Status.FAILED)
+        state.save()
+        return state
+
+    @classmethod
     def _start_step(cls, state: SagaState, index: int, mediator) -> None:
         step = cls.steps[index]
         state.current_step = index
         handle = mediator.send(step.send(state.data))
-        timer = mediator.send(cls.Timeout(saga_id=state.pk, step=index), countdown=step.timeout_seconds())
-        cls._log(state, index, "started", message_id=handle.message_id, detail=f"timeout {timer.message_id}")
+        cls._log(state, index, "started", message_id=handle.message_id)
+        cls._arm(state, index, mediator)
+
+    @classmethod
+    def _arm(cls, state: SagaState, index: int, mediator, *, attempt: int = 0) -> None:
+        timer = mediator.send(
+            cls.Timeout(saga_id=state.pk, step=index, attempt=attempt), countdown=cls.steps[index].timeout_seconds()
+        )
         state.data = {**state.data, "_timer": timer.message_id}
+
+    @staticmethod
+    def _step_command_dead(state: SagaState, index: int) -> str:
+        """The id of the step's command when it is a dead letter ("" when it is not)."""
+        sent = [e["message_id"] for e in state.step_log if e["step"] == index and e["event"] == "started"]
+        if sent and MessageRow.objects.filter(pk=sent[-1], status=MessageRow.Status.DEAD).exists():
+            return sent[-1]
+        return ""
 
     @staticmethod
     def _stop_timer(state: SagaState) -> None:
@@ -164,7 +205,14 @@ class Saga:
             return
         step = cls.steps[index]
         completed = type(event) in step.completes_on
-        if state.status == Status.RUNNING and index == state.current_step:
+        foreign = cls.key is not None and str(getattr(event, cls.key, None)) != str(state.data.get(cls.key))
+        if foreign or (completed and step.accepts is not None and not step.accepts(state.data, event)):
+            cls._log(
+                state, index, "refused_reply", message_id=ctx.message_id, detail=f"{type(event).__name__}: not ours"
+            )
+            state.save()
+            return
+        if state.status in (Status.RUNNING, Status.STUCK) and index == state.current_step:
             cls._stop_timer(state)
             if completed:
                 cls._log(state, index, "completed", message_id=ctx.message_id)
@@ -197,10 +245,24 @@ class Saga:
             return  # the step settled first: nothing to do
         step = cls.steps[command.step]
         seconds = step.timeout_seconds()
+        envelope = current_envelope.get()
+        late = time.time() - envelope.not_before if envelope and envelope.not_before else 0.0
+        if late > max(LATE_TIMER, seconds / 2) and command.attempt < MAX_REARMS:
+            cls._log(state, command.step, "timer_rearmed", detail=f"fired {late:.0f}s late: the step could not run")
+            cls._arm(state, command.step, mediator, attempt=command.attempt + 1)
+            state.save()
+            return
         if step.pivot:
-            # Past the point of no return the saga cannot undo; it keeps waiting (the
-            # transport keeps retrying the step) and says so.
-            cls._log(state, command.step, "timed_out", detail=f"no reply within {seconds:g}s; pivot, still waiting")
+            # Past the point of no return the saga cannot undo. Its command still being
+            # retried: keep waiting. Dead: stuck, for an operator (replay, or compensate).
+            dead = cls._step_command_dead(state, command.step)
+            if dead:
+                state.status, state.reason = Status.STUCK, f"{step.name} is dead"
+                cls._log(state, command.step, "stuck", message_id=dead, detail="its command is a dead letter")
+                metrics.count_saga_stuck(cls.name)
+            else:
+                cls._log(state, command.step, "timed_out", detail=f"no reply within {seconds:g}s; pivot, still waiting")
+                cls._arm(state, command.step, mediator, attempt=command.attempt)
             state.save()
             return
         cls._log(state, command.step, "timed_out", detail=f"no reply within {seconds:g}s")

@@ -206,21 +206,34 @@ def log_entry(attempt: int, started: dt.datetime, finished: dt.datetime, outcome
 
 
 def record_delivery_failure(
-    envelope: Envelope, handler: str, context: str, *, status: str, started: dt.datetime, error: str, tb: str
+    envelope: Envelope,
+    handler: str,
+    context: str,
+    *,
+    status: str,
+    started: dt.datetime,
+    error: str,
+    tb: str,
+    only_if_unfinished: bool = False,
+    outcome: str | None = None,
 ) -> Delivery:
+    """One failed attempt on the delivery's record: the count that MAX_ATTEMPTS is checked against."""
     finished = timezone.now()
     delivery, _ = Delivery.objects.select_for_update().get_or_create(
         message_id=envelope.id, handler=handler, defaults={"context": context, "first_started_at": started}
     )
+    if only_if_unfinished and delivery.status in (Delivery.Status.SUCCEEDED, Delivery.Status.DEAD):
+        return delivery  # it ended meanwhile (a timed-out run that succeeded after all)
     delivery.status = status
-    delivery.attempts = max(delivery.attempts + 1, envelope.attempt)
+    delivery.attempts += 1
     delivery.started_at = started
     delivery.finished_at = finished
     delivery.duration_ms = (finished - started).total_seconds() * 1000
     error, tb = printable(error), printable(tb)
     delivery.error = error
     delivery.traceback = tb
-    delivery.attempt_log = [*delivery.attempt_log, log_entry(envelope.attempt, started, finished, status, error)]
+    entry = log_entry(envelope.attempt, started, finished, outcome or status, error)
+    delivery.attempt_log = [*delivery.attempt_log, entry]
     delivery.save()
     set_message_status(envelope.id, Message.Status.DEAD if status == Delivery.Status.DEAD else Message.Status.FAILED)
     return delivery

@@ -5,7 +5,7 @@ A replay goes back through the outbox: the row becomes pending again with a fres
 JetStream de-duplication key (`<id>.replay.<n>`), so the duplicate window cannot
 swallow it, and it is published after commit (or by the relay). Handlers that had
 already succeeded for the message are still skipped by the inbox; dead deliveries
-are reopened so their handlers run again. Who replayed what and when is recorded
+are reopened so their handlers run again, with a fresh budget of attempts. Who replayed what and when is recorded
 on the message and in each reopened delivery's attempt log.
 """
 
@@ -68,8 +68,9 @@ def _replay_one(message_id: str, actor: str, only_dead: bool, publish) -> Replay
     reopened = 0
     for delivery in row.deliveries.select_for_update().filter(status=Delivery.Status.DEAD):
         delivery.status = Delivery.Status.RETRYING
+        delivery.attempts = 0  # a fresh budget of attempts: the count is the record's (the log keeps the old ones)
         delivery.attempt_log = [*delivery.attempt_log, entry]
-        delivery.save(update_fields=["status", "attempt_log"])
+        delivery.save(update_fields=["status", "attempts", "attempt_log"])
         reopened += 1
     row.headers = {**(row.headers or {}), "replays": replays, "dedupe_id": f"{row.id}.replay.{len(replays)}"}
     row.status = Message.Status.PENDING

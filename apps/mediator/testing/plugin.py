@@ -61,6 +61,18 @@ def pytest_unconfigure(config):
     shutil.rmtree(server.data.parent, ignore_errors=True)
 
 
+@pytest.fixture
+def catga_database_server(request) -> EmbeddedPostgres:
+    """The session's embedded PostgreSQL, for tests that stop and start it (a database outage).
+
+    Fails when DATABASE_URL was given: a server this session did not start is not its to stop.
+    """
+    server = request.config.stash.get(_server, None)
+    if server is None:
+        pytest.fail("this test stops the database: run it with DATABASE_URL unset (an embedded server)")
+    return server
+
+
 # -- fixtures for tests of handlers and flows (the in-memory transport) ----------------
 
 

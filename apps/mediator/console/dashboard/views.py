@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from apps.mediator.console import extensions
 from apps.mediator.console.dashboard import chart, stats
-from apps.mediator.models import Message
+from apps.mediator.models import Message, SagaState
 
 REFRESH_SECONDS = 10
 
@@ -44,5 +44,7 @@ def dashboard(request, model_admin):
         "pending_url": f"{changelist}?status=pending",
         "failed_url": f"{changelist}?status=failed",
         "dead_url": reverse("admin:mediator_deadletter_changelist"),
+        "stuck_sagas": SagaState.objects.filter(status=SagaState.Status.STUCK).count(),
+        "stuck_url": reverse("admin:mediator_sagastate_changelist") + "?status__exact=stuck",
     }
     return TemplateResponse(request, "admin/mediator/dashboard.html", context)

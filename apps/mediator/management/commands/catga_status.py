@@ -3,8 +3,8 @@
     kubectl -n catga exec deploy/catga-web -- python manage.py catga_status [--json]
 
 Streams (messages, bytes), each durable consumer's pending and ack-pending counts,
-the dead letters, and the outbox backlog (committed, not yet published) and
-history rows that need attention.
+the dead letters, the outbox backlog (committed, not yet published), history rows
+that need attention and stuck sagas.
 """
 
 import asyncio
@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 from django.utils import timezone
 
-from apps.mediator.models import Message
+from apps.mediator.models import Message, SagaState
 from apps.mediator.runtime import get_mediator
 
 TIMEOUT = 10.0  # seconds for the whole JetStream read
@@ -80,6 +80,12 @@ class Command(BaseCommand):
             f"outbox backlog: {outbox['pending']} pending ({outbox['scheduled']} scheduled for later), "
             f"{outbox['failed']} failed message(s) being retried\n"
         )
+        if outbox["stuck_sagas"]:
+            out.write(
+                self.style.ERROR(
+                    f"stuck sagas: {len(outbox['stuck_sagas'])} (correlation ids: {', '.join(outbox['stuck_sagas'])})\n"
+                )
+            )
         if status["missing"]:
             out.write(
                 self.style.WARNING(f"missing: {', '.join(status['missing'])} (no process has provisioned them)\n")
@@ -100,6 +106,12 @@ def _outbox_counts() -> dict:
         "scheduled": pending.filter(available_at__gt=timezone.now()).count(),
         "failed": Message.objects.filter(status=Message.Status.FAILED).count(),
         "dead": Message.objects.filter(status=Message.Status.DEAD).count(),
+        # A stuck saga waits for an operator (docs/operations.md: replay its dead step, or compensate).
+        "stuck_sagas": list(
+            SagaState.objects.filter(status=SagaState.Status.STUCK)
+            .order_by("id")
+            .values_list("correlation_id", flat=True)[:50]
+        ),
     }
 
 
