@@ -70,6 +70,7 @@ MIDDLEWARE = [
     "catga_site.health.ProbeMiddleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "apps.mediator.api.safety.RefuseNulMiddleware",
     # Serves the collected static files (the admin's CSS/JS) from gunicorn, no extra web server.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -157,6 +158,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
+    "DEFAULT_PARSER_CLASSES": [
+        "apps.mediator.api.safety.SafeJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "EXCEPTION_HANDLER": "apps.mediator.api.errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "apps.mediator.api.schema.Pagination",
     "PAGE_SIZE": 100,

@@ -3,12 +3,12 @@
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.inventory import selectors, services
 from apps.inventory.models import Item
+from apps.mediator.api.permissions import has_model_permission
 from apps.mediator.api.schema import PAGE_PARAMETERS, Pagination, errors, paginated
 
 
@@ -29,7 +29,7 @@ class ItemListCreateApi(APIView):
 
     def get_permissions(self):
         if self.request.method == "POST":
-            return [IsAdminUser()]
+            return [has_model_permission("inventory.add_item")()]
         return super().get_permissions()
 
     @extend_schema(

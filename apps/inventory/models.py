@@ -41,3 +41,20 @@ class Reservation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.order_id} {self.status}"
+
+
+class StockAdjustment(models.Model):
+    """An audit entry: who changed an item's stock on hand, by how much, and why."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="adjustments")
+    delta = models.IntegerField()
+    on_hand_after = models.PositiveIntegerField()
+    reason = models.CharField(max_length=200)
+    actor = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.item_id} {self.delta:+d} by {self.actor}"

@@ -7,7 +7,7 @@ from decimal import Decimal
 from django.db import transaction
 from django.db.models import F
 
-from apps.inventory.models import Item, Reservation
+from apps.inventory.models import Item, Reservation, StockAdjustment
 from apps.mediator import Conflict, ValidationFailed
 
 
@@ -15,6 +15,28 @@ def item_create(*, sku: str, name: str, price: Decimal, on_hand: int) -> Item:
     if Item.objects.filter(sku=sku).exists():
         raise ValidationFailed({"sku": [f"An item with SKU {sku!r} already exists."]})
     return Item.objects.create(sku=sku, name=name, price=price, on_hand=on_hand)
+
+
+@transaction.atomic
+def stock_adjust(*, sku: str, delta: int, reason: str, actor: str) -> Item:
+    """Count stock in or out (a delivery, a stocktake): an F() update, audited.
+
+    The only way stock on hand changes besides orders: a form holding counters read
+    minutes ago would write them back over every reservation made since.
+    """
+    if delta == 0:
+        raise ValidationFailed({"delta": ["Adjust by at least one unit, in or out."]})
+    item = Item.objects.select_for_update().filter(sku=sku).first()
+    if item is None:
+        raise ValidationFailed({"sku": [f"No item {sku!r}."]})
+    if item.on_hand + delta < item.reserved:
+        raise ValidationFailed(
+            {"delta": [f"{item.on_hand} on hand {delta:+d} would be fewer than the {item.reserved} reserved."]}
+        )
+    Item.objects.filter(pk=item.pk).update(on_hand=F("on_hand") + delta)
+    item.refresh_from_db(fields=["on_hand", "reserved"])
+    StockAdjustment.objects.create(item=item, delta=delta, on_hand_after=item.on_hand, reason=reason, actor=actor)
+    return item
 
 
 def _merged(lines) -> dict[str, int]:

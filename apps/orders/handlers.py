@@ -4,6 +4,8 @@ The order saga (apps/orders/saga.py) drives the flow between contexts; these
 handlers are its steps in this context and the entry points that start or stop it.
 """
 
+from decimal import Decimal
+
 from apps.inventory.contracts import GetItems
 from apps.mediator import Conflict, ValidationFailed
 from apps.mediator import saga_timeline as timeline
@@ -25,6 +27,8 @@ from apps.orders.contracts import (
 )
 from apps.orders.models import Order
 from apps.orders.saga import OrderSaga
+
+MAX_TOTAL = Decimal("9999999999.99")  # what Order.total (numeric(12, 2)) holds
 
 
 def order_view(order: Order, *, lines=None, saga: SagaView | None = None) -> OrderView:
@@ -64,6 +68,11 @@ def place_order(command: PlaceOrder, ctx) -> OrderView:
     if any(line.sku not in items for line in command.lines):
         raise ValidationFailed(
             {"lines": [{} if li.sku in items else {"sku": [f"Unknown SKU {li.sku!r}."]} for li in command.lines]}
+        )
+    total = sum((items[li.sku].price * li.quantity for li in command.lines), Decimal("0"))
+    if total > MAX_TOTAL:
+        raise ValidationFailed(
+            {"lines": [f"The order's total {total} is over the most one order may cost ({MAX_TOTAL})."]}
         )
     order = services.order_create(
         customer_id=command.customer_id,

@@ -1,6 +1,6 @@
 """Payments REST API (read-only: payments are made by messages, not requests).
 
-Staff see every payment; a customer sees the payments of one of their own orders
+A user with payments.view_payment sees every payment; a customer sees the payments of one of their own orders
 (`?order_id=`), ownership being the orders context's answer to GetOrder.
 """
 
@@ -37,7 +37,7 @@ class PaymentListApi(APIView):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         order_id = filters.validated_data.get("order_id")
-        if not request.user.is_staff:
+        if not request.user.has_perm("payments.view_payment"):
             if order_id is None:
                 raise PermissionDenied("Give ?order_id= of one of your orders.")
             try:

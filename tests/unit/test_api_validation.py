@@ -64,11 +64,13 @@ def test_writes_need_an_authenticated_user(anon_api, catalogue):
     assert anon_api.post("/api/inventory/items/", item, format="json").status_code in (401, 403)
 
 
-def test_only_staff_create_items(api, staff_user, anon_api):
+def test_only_users_with_add_item_create_items(api, staff_user, support_user, anon_api):
     item = {"sku": "SKU-Z", "name": "Zed", "price": "3.10", "on_hand": 7}
     assert api.post("/api/inventory/items/", item, format="json").status_code == 403
+    anon_api.force_authenticate(staff_user)  # staff, without the permission
+    assert anon_api.post("/api/inventory/items/", item, format="json").status_code == 403
 
-    anon_api.force_authenticate(staff_user)
+    anon_api.force_authenticate(support_user)
     created = anon_api.post("/api/inventory/items/", item, format="json")
     assert created.status_code == 201
     detail = anon_api.get("/api/inventory/items/SKU-Z/").json()

@@ -50,8 +50,24 @@ def message_link(message: Message) -> str:
     )
 
 
+SECRET_WORDS = ("token", "secret", "password", "card")
+
+
+def masked(value):
+    """JSON with anything that looks like a credential (a payment token) hidden."""
+    if isinstance(value, dict):
+        return {
+            k: "•••• (hidden)" if any(w in str(k).lower() for w in SECRET_WORDS) else masked(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [masked(v) for v in value]
+    return value
+
+
 def pretty_json(value) -> str:
-    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    """JSON for a console page, credentials masked (payloads carry payment tokens)."""
+    text = json.dumps(masked(value), indent=2, sort_keys=True, ensure_ascii=False, default=str)
     return format_html('<pre class="catga-json">{}</pre>', text)
 
 

@@ -23,6 +23,7 @@ from apps.mediator.console import extensions
 from apps.mediator.console.common import (
     ReadOnlyAdmin,
     conversation_url,
+    masked,
     normalise_id,
     precise,
     pretty_json,
@@ -54,7 +55,6 @@ EVENT_LABELS = {
     "compensated_by_operator": "compensated by an operator",
 }
 COMPENSATION = {"compensating", "late_reply_compensated"}
-SECRET_WORDS = ("token", "secret", "password", "card")
 LIST_DEFERRED = ("data", "step_log")
 
 
@@ -84,18 +84,6 @@ def coloured_saga(status: str) -> str:
         SAGA_COLOURS.get(status, "#000"),
         status,
     )
-
-
-def masked(value):
-    """Saga data with anything that looks like a credential (a payment token) hidden."""
-    if isinstance(value, dict):
-        return {
-            k: "•••• (hidden)" if any(w in str(k).lower() for w in SECRET_WORDS) else masked(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [masked(v) for v in value]
-    return value
 
 
 def correlation_ids_for(term: str) -> list[str]:
