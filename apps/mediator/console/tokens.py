@@ -41,7 +41,7 @@ class MaskedTokenAdmin(TokenAdmin):
         return super().delete_view(request, object_id, {**(extra_context or {}), **shown})
 
     def get_deleted_objects(self, objs, request):
-        deleted, counts, perms, protected = super().get_deleted_objects(objs, request)
+        _deleted, counts, perms, protected = super().get_deleted_objects(objs, request)
         return [f"API token of {obj.user}: {hidden(obj.key)}" for obj in objs], counts, perms, protected
 
     def history_view(self, request, object_id, extra_context=None):
