@@ -186,6 +186,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("DJANGO_MAX_BODY_BYTES", str(10
 # The mediator's settings: only overrides, from the environment (CATGA_<KEY>, NATS_*, OTEL_*) and
 # the file; every key and its default is declared once, in apps/mediator/core/conf.py.
 CATGA = config.catga_overrides(CONFIG_FILE, sys.argv, testing=TESTING)
+# The web runs orders' commands in-process (POST /api/orders/ places the order there): its NATS
+# user publishes what the orders user does, and nothing of payments' or inventory's.
+CATGA.setdefault("WEB_CONTEXTS", ["orders"])
 
 # Extra apps, comma separated (the benchmarks' no-op context: CATGA_EXTRA_APPS=bench.noop_app).
 # An app with contracts.py and handlers.py is a bounded context (found by the mediator).

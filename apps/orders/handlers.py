@@ -6,7 +6,7 @@ handlers are its steps in this context and the entry points that start or stop i
 
 from decimal import Decimal
 
-from apps.inventory.contracts import GetItems
+from apps.inventory.contracts import GetItems, ReleaseStock, ReserveStock
 from apps.mediator import Conflict, ValidationFailed
 from apps.mediator import saga_timeline as timeline
 from apps.orders import selectors, services
@@ -27,6 +27,7 @@ from apps.orders.contracts import (
 )
 from apps.orders.models import Order
 from apps.orders.saga import OrderSaga
+from apps.payments.contracts import ChargePayment, RefundPayment
 
 MAX_TOTAL = Decimal("9999999999.99")  # what Order.total (numeric(12, 2)) holds
 
@@ -138,3 +139,5 @@ COMMANDS = {
 }
 QUERIES = {GetOrder: get_order, GetOrderStanding: get_order_standing}
 EVENTS = OrderSaga.event_handlers()
+# The saga's steps and compensations: what the orders NATS user may send to other contexts.
+SENDS = [ReserveStock, ReleaseStock, ChargePayment, RefundPayment]

@@ -5,6 +5,7 @@ folder (DATABASE_URL and NATS_URL unset), the web server and one consumer per co
 all child processes of `up`. A second `up` on the same folder keeps the first one's data.
 """
 
+import asyncio
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import nats
 import pytest
 
 from apps.mediator.servers.ports import free_port, wait_until
@@ -70,6 +72,10 @@ class Up:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    @property
+    def nats_url(self) -> str:
+        return re.search(r"NATS at (nats://\S+)", self.text()).group(1)
+
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
             pytest.fail(f"up exited with {self.proc.returncode}:\n" + self.text()[-5000:])
@@ -101,11 +107,29 @@ def settled_order(client: Client, order_id: str) -> dict:
     return wait_until(final, timeout=60, interval=0.2, what=f"order {order_id} to settle")
 
 
+def refused_without_a_user(url: str) -> str:
+    """The error NATS answers a client without credentials with ('' when it lets it in)."""
+
+    async def connect():
+        try:
+            nc = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=5)
+        except Exception as exc:
+            return str(exc)
+        await nc.close()
+        return ""
+
+    return asyncio.run(connect())
+
+
 def test_a_second_run_keeps_the_first_runs_data_and_loads_the_demo_data_once(tmp_path, record_property):
     data = tmp_path / "data"
     first = Up(data, tmp_path / "first.log")
     try:
         assert "a new cluster" in first.text()
+        # NATS runs with a user per role: a client without one is turned away.
+        assert "authorization violation" in refused_without_a_user(first.nats_url).lower()
+        passwords = json.loads((data / "nats-passwords.json").read_text())
+        assert set(passwords) == {"web", "orders", "inventory", "payments", "admin"}
         _, order = first.client.call(
             "POST",
             "/api/orders/",
@@ -120,6 +144,7 @@ def test_a_second_run_keeps_the_first_runs_data_and_loads_the_demo_data_once(tmp
     try:
         assert "reusing its data" in second.text(), second.text()[-3000:]
         assert second.client.token == first.client.token  # the same demo user, not a new one
+        assert json.loads((data / "nats-passwords.json").read_text()) == passwords
         _, kept = second.client.call("GET", f"/api/orders/{order['id']}/")
         assert kept["status"] == "confirmed"
         _, items = second.client.call("GET", "/api/inventory/items/")

@@ -9,6 +9,7 @@ from django.db import transaction
 from apps.inventory.contracts import ReleaseStock
 from apps.mediator.runtime import mediator
 from apps.mediator.servers.ports import wait_until
+from apps.orders.models import Order
 from apps.payments.contracts import ChargePayment
 from tests.integration.helpers import js_call
 
@@ -34,6 +35,9 @@ def test_slow_handlers_are_not_hoarded_by_one_replica(nats_settings, workers):
         workers.start("payments", extra_args=["--concurrency", "2"], FAKE_PROVIDER_DELAY="0.3")
     with transaction.atomic():
         for i in range(40):
+            # A charge for an order that does not exist is refused at once: these must reach
+            # the slow provider call to hold their slots.
+            Order.objects.create(id=f"slow-{i}", customer_id="c", total=Decimal("1.00"), payment_token="tok_visa")
             mediator.send(ChargePayment(order_id=f"slow-{i}", amount=Decimal("1.00"), token="tok_visa"))
 
     assert peak_in_flight(nats_settings.CATGA["NATS_URL"], "payments_cmd", timeout=60) <= 16

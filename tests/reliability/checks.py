@@ -10,13 +10,16 @@ wrong       an order whose end does not match what its kind must end as (a decli
             confirmed, an in-stock order cancelled by a timed-out step, ...)
 books       stock that does not add up (initial = available + reserved for pending + sold),
             a confirmed order without exactly one capture, a cancelled one with a capture
-dead        dead letters: the mix makes no poison, so every one is a failure
+dead        dead letters of the app's own messages: the mix makes no poison, so every one is a
+            failure
+poison      a message of a "poison storm" fault not dead-lettered with its reason
 """
 
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from tests.reliability import garbage
 from tests.reliability.load import EXPECTED, Results
 
 # One per order, published only by the handler that did the work.
@@ -50,6 +53,9 @@ class Report:
     books: list[str] = field(default_factory=list)
     dead: list[str] = field(default_factory=list)
     dead_count: int = 0
+    poison_sent: int = 0
+    poison_dead: int = 0
+    poison: list[str] = field(default_factory=list)  # poison not dead-lettered with its reason
     problems: list[str] = field(default_factory=list)  # the harness's own: a fault not recovered, ...
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -62,6 +68,7 @@ class Report:
             *(f"wrong outcome: {x}" for x in self.wrong),
             *(f"books: {x}" for x in self.books),
             *(f"dead letter: {x}" for x in self.dead),
+            *(f"poison: {x}" for x in self.poison),
             *self.problems,
         ]
 
@@ -86,7 +93,9 @@ def quiet(stack) -> bool:
     return not (pending or outbox or retrying or held) and stack.nats.consumers_idle()
 
 
-def verify(stack, results: Results, initial_stock: dict[str, int], report: Report) -> Report:
+def verify(
+    stack, results: Results, initial_stock: dict[str, int], report: Report, poison: list[garbage.Garbage] = ()
+) -> Report:
     sql = stack.postgres.execute
     accepted = {a.order_id: a for a in results.accepted}
     report.orders = len(accepted)
@@ -104,18 +113,34 @@ def verify(stack, results: Results, initial_stock: dict[str, int], report: Repor
         if end is not None and end[0] != "pending" and end not in EXPECTED[order.kind]:
             report.wrong.append(f"{order_id} ({order.kind}) ended {end[0]} {end[1]}".strip())
 
-    _duplicates(sql, report)
+    poison_ids = [g.headers["Catga-Message-Id"] for g in poison if "Catga-Message-Id" in (g.headers or {})]
+    _duplicates(sql, report, poison_ids)
     _payments(sql, orders, report)
     _stock(sql, initial_stock, report)
 
-    report.dead_count, reasons = stack.nats.dead_letters()
-    report.dead = reasons
-    dead_rows = sql("SELECT type, left(last_error, 200) FROM mediator_message WHERE status = 'dead' LIMIT 20")
-    report.dead += [f"history: {t} {e}" for t, e in dead_rows] if not reasons else []
+    letters = stack.nats.dead_letters(garbage.TAG)
+    expected = {g.tag: g for g in poison}
+    found = {tag: reason for tag, _, reason in letters if tag in expected}
+    report.poison_sent = len(poison)
+    report.poison_dead = sum(1 for g in poison if g.reason in found.get(g.tag, ""))
+    report.poison = [
+        f"{g.tag} ({g.kind}): {found.get(g.tag, 'no dead letter')!r}, expected {g.reason!r}"
+        for g in poison
+        if g.reason not in found.get(g.tag, "")
+    ]
+    own = [f"{kind}: {reason}" for tag, kind, reason in letters if tag not in expected]
+    report.dead_count, report.dead = len(own), own[:50]
+    # The history's dead rows of the app's own messages (about a real order): poison is about none.
+    dead_rows = sql(
+        "SELECT type, left(last_error, 200) FROM mediator_message WHERE status = 'dead' AND NOT id = ANY(%s) "
+        "AND (type = 'orders.PlaceOrder' OR payload->>'order_id' IN (SELECT id FROM orders_order)) LIMIT 20",
+        [poison_ids],
+    )
+    report.dead += [f"history: {t} {e}" for t, e in dead_rows] if not own else []
     return report
 
 
-def _duplicates(sql, report: Report) -> None:
+def _duplicates(sql, report: Report, poison_ids: list[str]) -> None:
     for message_id, handler, n in sql(
         "SELECT message_id, handler, count(*) FROM mediator_delivery GROUP BY 1, 2 HAVING count(*) > 1"
     ):
@@ -135,8 +160,8 @@ def _duplicates(sql, report: Report) -> None:
         report.duplicated.append(f"order {order_id} reserved {n} times")
     for message_type, order_id, n in sql(
         "SELECT type, payload->>'order_id', count(*) FROM mediator_message WHERE type = ANY(%s) "
-        "GROUP BY 1, 2 HAVING count(*) > 1",
-        [list(ONCE_PER_ORDER)],
+        "AND NOT id = ANY(%s) GROUP BY 1, 2 HAVING count(*) > 1",
+        [list(ONCE_PER_ORDER), poison_ids],
     ):
         report.duplicated.append(f"{message_type} published {n} times for order {order_id}")
     for user_id, key, n in sql(
@@ -205,6 +230,7 @@ def render(report: Report) -> str:
         ("wrong outcome", str(len(report.wrong))),
         ("books off", str(len(report.books))),
         ("dead letters", str(report.dead_count)),
+        ("poison messages", f"{report.poison_sent} sent, {report.poison_dead} dead-lettered with their reason"),
         ("time", ", ".join(f"{k} {v:.0f}s" for k, v in report.timings.items())),
     ]
     width = max(len(k) for k, _ in rows)

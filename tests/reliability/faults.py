@@ -13,12 +13,20 @@ delivered again       a batch of messages already handled published once more un
                       duplicate window, a publisher retrying): the inbox must apply none twice
 NATS restarted        every node of the cluster stopped, then started again
 PostgreSQL restarted  an immediate shutdown (a crash: no checkpoint, recovery on start), started again
+PostgreSQL outage     PostgreSQL stopped for `db_outage` seconds (a managed failover; 180 in the
+                      full run, longer than MAX_ATTEMPTS x ACK_WAIT with the default settings and
+                      than a saga step's timeout): nothing may be cancelled or dead-lettered for it
+                      (injected once per run, whatever the count)
+poison storm          POISON messages of every garbage.py kind, valid-looking and not, published
+                      at once to the app's subjects: each must end as a dead letter with its
+                      reason within the run, and the orders beside them must go on
 NATS node lost        SIGKILL of a node that leads neither app stream, restarted once it was missed
 stream leader lost    SIGKILL of the node leading a stream (CMD and EVT in turn), restarted once
                       another node took over
 """
 
 import json
+import random
 import signal
 import threading
 import time
@@ -26,6 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tests.reliability import garbage
 from tests.reliability.stack import CONTEXTS, STREAMS, wait_until
 
 KINDS = (
@@ -36,9 +45,13 @@ KINDS = (
     "web server killed",
     "PostgreSQL restarted",
     "stream leader lost",
+    "poison storm",
+    "PostgreSQL outage",
     "NATS restarted",
 )
+ONCE = {"PostgreSQL outage"}  # long: once per run, however many faults
 REDELIVERED = 60  # messages each "delivered again" publishes once more
+POISON = 130  # messages each "poison storm" publishes (ten of each garbage kind)
 # Seconds each part stays away before it is brought back.
 DOWN = {
     "consumer killed": 2.0,
@@ -49,6 +62,8 @@ DOWN = {
     "PostgreSQL restarted": 3.0,
     "stream leader lost": 6.0,
     "NATS restarted": 5.0,
+    "poison storm": 0.0,
+    "PostgreSQL outage": 0.0,  # db_outage (see _postgres_outage)
 }
 
 
@@ -68,11 +83,15 @@ class Faults(threading.Thread):
     so that each lands while the orders still flow.
     """
 
-    def __init__(self, stack, *, duration: float, count: int, recover_timeout: float = 120):
+    def __init__(self, stack, *, duration: float, count: int, db_outage: float, recover_timeout: float = 120):
         super().__init__(daemon=True, name="faults")
         count = max(count, len(KINDS))
         self.stack = stack
-        self.schedule = [(duration * (0.08 + 0.77 * i / count), KINDS[i % len(KINDS)]) for i in range(count)]
+        kinds = [KINDS[i % len(KINDS)] for i in range(count)]
+        kinds = [k for i, k in enumerate(kinds) if i < len(KINDS) or k not in ONCE]
+        self.schedule = [(duration * (0.08 + 0.77 * i / len(kinds)), kind) for i, kind in enumerate(kinds)]
+        self.db_outage = db_outage
+        self.poison: list[garbage.Garbage] = []  # what the storms sent: checks.verify expects each dead
         self.recover_timeout = recover_timeout
         self.injected: list[Fault] = []
         self.errors: list[str] = []
@@ -108,6 +127,8 @@ class Faults(threading.Thread):
             "PostgreSQL restarted": self._postgres,
             "NATS node lost": self._node,
             "stream leader lost": self._leader,
+            "PostgreSQL outage": self._postgres_outage,
+            "poison storm": self._poison_storm,
         }[kind]
         return action()
 
@@ -179,6 +200,29 @@ class Faults(threading.Thread):
         self._away("PostgreSQL restarted")
         self.stack.postgres.start()
         return "immediate shutdown"
+
+    def _postgres_outage(self) -> str:
+        self.stack.postgres.stop("fast")
+        self.stop.wait(self.db_outage)
+        self.stack.postgres.start()
+        return f"{self.db_outage:g}s down (ACK_WAIT {self.stack.django.ack_wait:g}s)"
+
+    def _poison_storm(self) -> str:
+        rng = random.Random(len(self.poison))
+        first = len(self.poison)
+        batch = []
+        for i in range(POISON):
+            tag = f"poison-{first + i:05d}"
+            item = garbage.KINDS[i % len(garbage.KINDS)](tag, rng)
+            batch.append(item if item.tag else garbage.Garbage(**{**item.__dict__, "tag": tag}))
+
+        async def publish(js):
+            for item in batch:
+                await js.publish(item.subject, item.body, headers=item.headers, timeout=10)
+
+        self.stack.nats.call(publish, timeout=120)
+        self.poison += batch
+        return f"{len(batch)} poison messages of {len(garbage.KINDS)} kinds"
 
     def _node(self) -> str:
         nats = self.stack.nats

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from apps.mediator.core.ids import new_id
 
 TAG = "Garbage-Id"
-HUGE = 300 * 1024  # over CATGA["MAX_BODY_BYTES"] (256 KiB), under NATS's 1 MiB max payload
+HUGE = 300 * 1024  # over CATGA["MAX_BODY_BYTES"] (256 KiB), under the servers' max_payload (320 KiB)
 
 
 @dataclass(frozen=True)

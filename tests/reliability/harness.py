@@ -42,6 +42,9 @@ class Config:
     faults: int = 0  # 0: one every ~20 s, at least one of each kind
     settle: float = 240.0  # seconds the stack may take to finish everything after the load
     ack_wait: float = 6.0  # CATGA_ACK_WAIT: how soon a killed or frozen consumer's messages come back
+    # Seconds of the "PostgreSQL outage" fault: 180 is longer than MAX_ATTEMPTS x ACK_WAIT with the
+    # default settings (5 x 30 s) and than the saga's step timeout (ORDER_STEP_TIMEOUT, 60 s).
+    db_outage: float = 180.0
     customers: int = 4
     threads: int = 6
     seed: int = 1
@@ -58,7 +61,7 @@ class Stack:
         self.logs.mkdir()
         self.postgres = Postgres(root)
         self.nats = NatsCluster(root, self.logs)
-        self.django = Django(root, self.logs, self.postgres.url(), self.nats.urls, ack_wait=config.ack_wait)
+        self.django = Django(root, self.logs, self.postgres.url(), self.nats, ack_wait=config.ack_wait)
 
     def start(self, stock: dict[str, int], customers: int) -> list[str]:
         self.postgres.init()
@@ -117,13 +120,14 @@ def run(config: Config, say=print) -> checks.Report:
             duration=config.duration,
             seed=config.seed,
             threads=config.threads,
+            outage=config.db_outage,
         )
-        faults = Faults(stack, duration=config.duration, count=config.fault_count())
+        faults = Faults(stack, duration=config.duration, count=config.fault_count(), db_outage=config.db_outage)
         say(f"driving {config.orders} orders over {config.duration:g}s with {len(faults.schedule)} faults")
         load_started = time.monotonic()
         faults.start()
         results = customers.run()
-        faults.join(timeout=config.duration + 300)
+        faults.join(timeout=config.duration + config.db_outage + 300)
         faults.stop.set()
         report.timings["load"] = time.monotonic() - load_started
         report.faults = Counter(f.kind for f in faults.injected)
@@ -145,7 +149,7 @@ def run(config: Config, say=print) -> checks.Report:
         except TimeoutError as exc:
             report.problems.append(str(exc))  # the invariants below say what was left undone
         report.timings["settle"] = time.monotonic() - settle_started
-        checks.verify(stack, results, stock, report)
+        checks.verify(stack, results, stock, report, poison=faults.poison)
         report.timings["total"] = time.monotonic() - started
         if not report.ok:
             report.problems.append(f"logs kept in {root}")

@@ -67,7 +67,17 @@ class Results:
 
 
 class Customers:
-    def __init__(self, base_url: str, tokens: list[str], *, orders: int, duration: float, seed: int, threads: int = 6):
+    def __init__(
+        self,
+        base_url: str,
+        tokens: list[str],
+        *,
+        orders: int,
+        duration: float,
+        seed: int,
+        threads: int = 6,
+        outage: float = 0.0,
+    ):
         host, port = base_url.removeprefix("http://").split(":")
         self.host, self.port = host, int(port)
         self.tokens = tokens
@@ -77,7 +87,10 @@ class Customers:
         self._lock = threading.Lock()
         self._next = 0
         self.stop = threading.Event()
-        self.request_deadline = 90.0
+        # A request is retried through the longest outage the faults make (the database's),
+        # as a client behind a load balancer would; the window grows by as much.
+        self.outage = outage
+        self.request_deadline = 90.0 + outage
         # The schedule: exactly `orders` new orders, re-sends mixed in (after the first tenth) at the mix's rate.
         self.plan = self.rng.choices(list(ORDER_WEIGHTS), list(ORDER_WEIGHTS.values()), k=orders)
         for kind in ("duplicate", "conflict"):
@@ -89,7 +102,7 @@ class Customers:
 
     def run(self) -> Results:
         started = time.monotonic()
-        window_end = started + self.duration * 1.5  # bounded, however slow the stack is
+        window_end = started + self.duration * 1.5 + self.outage  # bounded, however slow the stack is
         workers = [
             threading.Thread(target=self._worker, args=(started, window_end), daemon=True, name=f"customer-{i}")
             for i in range(self.threads)
@@ -97,7 +110,7 @@ class Customers:
         for worker in workers:
             worker.start()
         for worker in workers:
-            worker.join(timeout=self.duration * 1.5 + self.request_deadline + 60)
+            worker.join(timeout=self.duration * 1.5 + self.outage + self.request_deadline + 60)
         return self.results
 
     def _take(self) -> int | None:

@@ -25,6 +25,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--settle", type=float, default=Config.settle, help="seconds allowed to finish afterwards (default %(default)s)"
     )
+    parser.add_argument(
+        "--db-outage",
+        type=float,
+        default=Config.db_outage,
+        help="seconds the PostgreSQL outage fault lasts (default %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=Config.seed, help="random seed of the mix (default %(default)s)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with every process's log")
     args = parser.parse_args(argv)
@@ -36,6 +42,7 @@ def main(argv=None) -> int:
         duration=args.duration,
         faults=args.faults,
         settle=args.settle,
+        db_outage=args.db_outage,
         seed=args.seed,
         keep=args.keep,
     )

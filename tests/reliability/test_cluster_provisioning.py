@@ -28,7 +28,7 @@ def test_processes_starting_together_on_a_cluster_all_provision_the_replicated_s
         cluster.wait_healthy(timeout=60)
 
         async def start_together():
-            clients = [await nats.connect(cluster.urls.split(",")) for _ in range(PROCESSES)]
+            clients = [await nats.connect(cluster.urls.split(","), **cluster.credentials()) for _ in range(PROCESSES)]
             try:
                 return await asyncio.gather(
                     *(topology.ensure_topology(nc.jetstream(), get_registry()) for nc in clients),

@@ -3,13 +3,14 @@
 import time
 
 import pytest
-from django.db import transaction
+from django.db import OperationalError, transaction
 
 from apps.inventory.contracts import ReleaseStock, ReserveStock, StockLine, StockReserved
 from apps.inventory.models import Item, Reservation
 from apps.mediator import WorkflowFailed, chain, group
 from apps.mediator.models import Message, SagaState, Workflow
 from apps.mediator.runtime import get_mediator
+from apps.mediator.storage import outage
 from apps.orders.models import Order
 from apps.payments.models import Payment
 
@@ -88,6 +89,28 @@ def test_a_stalled_payment_step_times_out_compensates_and_cancels(
     assert Item.objects.get(sku="SKU-A").reserved == 0
     # The reserve step's own timeout came due too, and found its step long settled.
     assert events(saga).count(("reserve_stock", "timed_out")) == 0
+
+
+def test_a_step_whose_window_saw_the_database_away_is_given_its_time_again(
+    api, catalogue, monkeypatch, settings, catga_messages, catga_run_scheduled
+):
+    """A punctual timer after an outage used to cancel orders whose step had no time to run."""
+    monkeypatch.setenv("FAKE_PROVIDER_OUTAGE", "1")  # the charge never succeeds
+    order_id = place(api)
+    # This process finds PostgreSQL away while the charge step waits (what a consumer's
+    # failed delivery or gauge refresh does in an outage).
+    assert outage.unavailable(OperationalError("connection refused"))
+
+    assert catga_run_scheduled(settings.ORDER_STEP_TIMEOUT + 1) > 0
+    assert Order.objects.get(pk=order_id).status == "pending"
+    saga = saga_of(api, order_id)
+    assert ("charge_payment", "timer_rearmed") in events(saga)
+    assert "the database was away" in next(e["detail"] for e in saga["log"] if e["event"] == "timer_rearmed")
+
+    # The re-armed window saw no outage: this time the step times out as usual.
+    assert catga_run_scheduled(2 * settings.ORDER_STEP_TIMEOUT + 2) > 0
+    order = Order.objects.get(pk=order_id)
+    assert (order.status, order.reason) == ("cancelled", "timeout")
 
 
 def test_a_charge_that_succeeds_after_the_timeout_is_refunded(api, catalogue, monkeypatch, settings):

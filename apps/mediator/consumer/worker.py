@@ -21,6 +21,7 @@ from django.db import close_old_connections, reset_queries
 
 from apps.mediator.consumer.handler_pool import HandlerPool
 from apps.mediator.consumer.health import HealthServer
+from apps.mediator.core import roles
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.core.envelope import H_TYPE, Envelope
 from apps.mediator.core.ids import new_id
@@ -91,6 +92,8 @@ class Worker:
         self.concurrency = concurrency
         self.health_port = health_port
         self.relay = relay
+        # What this process's role may publish (CATGA["ROLE"]): its relay takes only those rows.
+        self.publishable = roles.publishable_names(dispatcher.registry)
         self.state = WorkerState()
         self._rate_at, self._done_at, self._recent = time.monotonic(), 0, 0  # for _in_flight_limit
         self.stop_event: asyncio.Event | None = None
@@ -310,7 +313,7 @@ class Worker:
         while True:
             try:
                 published = await self.loop.run_in_executor(
-                    None, _in_thread, outbox.drain, (self.transport.publish_blocking,), {}
+                    None, _in_thread, outbox.drain, (self.transport.publish_blocking,), {"types": self.publishable}
                 )
                 if published:
                     logger.info("outbox relay published %d message(s)", published)

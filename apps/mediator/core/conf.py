@@ -34,9 +34,18 @@ HISTORY_RETENTION_DAYS
 SUBJECT_PREFIX      First token of every NATS subject (and of stream names, upper-cased).
 NATS_TOKEN, NATS_USER, NATS_PASSWORD, NATS_CREDS
                     Credentials (from a Secret), any one style.
+ROLE                What this process may publish as (core/roles.py): a context, "web", or
+                    "" for anything. With per-role NATS users (`manage.py nats_permissions`)
+                    it is the user's name: the process hands NATS only what that user may
+                    publish, and its outbox relay takes only those rows.
+WEB_CONTEXTS        The contexts whose commands the web runs in-process (`mediator.execute`):
+                    the web role publishes what their roles publish. Empty: every context.
 STREAM_REPLICAS     JetStream replicas of the app's streams (3 on a 3-node cluster).
 STREAM_MAX_AGE      Seconds a message stays in the command/event streams.
 DLQ_MAX_AGE         Seconds a dead letter stays in the dead-letter stream.
+DLQ_MAX_BYTES       Most bytes the dead-letter stream holds; when full, the oldest dead letters
+                    are dropped from the stream (their rows stay in the history, which replay
+                    reads), so dead-lettering never stalls a consumer.
 STREAM_STORAGE      "file" or "memory".
 DUPLICATE_WINDOW    Seconds JetStream remembers a Nats-Msg-Id to drop re-publishes.
 ACK_WAIT            Seconds before an unacknowledged delivery is redelivered.
@@ -61,7 +70,8 @@ RELAY_GRACE         Age in seconds before the relay takes over an unpublished ro
 RELAY_BATCH         Rows per relay transaction.
 SHUTDOWN_GRACE      Seconds run_consumer gives in-flight handlers after SIGTERM.
 MAX_BODY_BYTES      Largest message body a worker decodes; bigger ones are dead-lettered unread
-                    (the NATS servers' max_payload is set to it plus room for headers).
+                    (the NATS servers' max_payload, `manage.py nats_permissions`, is this plus
+                    64 KiB for headers).
 MAX_BODY_DEPTH      Deepest nesting of a body's JSON; deeper ones are dead-lettered unread.
 MAX_HEADER_LENGTH   Longest value of any header of a received message (a W3C tracestate
                     is at most 512); longer ones are dead-lettered unread.
@@ -102,9 +112,12 @@ DEFAULTS = {
     "NATS_USER": "",
     "NATS_PASSWORD": "",
     "NATS_CREDS": "",
+    "ROLE": "",
+    "WEB_CONTEXTS": [],
     "STREAM_REPLICAS": 1,
     "STREAM_MAX_AGE": 7 * 24 * 3600,
     "DLQ_MAX_AGE": 30 * 24 * 3600,
+    "DLQ_MAX_BYTES": 1024**3,
     "STREAM_STORAGE": "file",
     "DUPLICATE_WINDOW": 120,
     "ACK_WAIT": 30.0,

@@ -5,9 +5,13 @@ Each context lists its handlers explicitly in its `handlers` module:
     COMMANDS = {ReserveStock: reserve_stock}
     QUERIES = {GetItems: get_items}
     EVENTS = {OrderConfirmed: [commit_reservation]}
+    SENDS = [ReleaseStock]          # other contexts' commands this one sends
 
 A command or query has exactly one handler, in the context that owns it; an event
-has any number, in any context. Mistakes stop start-up with every problem listed.
+has any number, in any context. A context may publish its own events and send its own
+commands; `SENDS` lists the other contexts' commands it sends, which is what its NATS
+user may publish (`manage.py nats_permissions`). Mistakes stop start-up with every
+problem listed.
 """
 
 import importlib
@@ -19,6 +23,10 @@ from django.core.exceptions import ImproperlyConfigured
 from apps.mediator.core.messages import _TYPES, Command, Event, Kind, Message, Query
 
 Handler = Callable
+
+
+def _is(value, base: type) -> bool:
+    return isinstance(value, type) and issubclass(value, base)
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,7 @@ class Registry:
     single: dict[type[Message], HandlerSpec] = field(default_factory=dict)
     events: dict[type[Message], list[HandlerSpec]] = field(default_factory=dict)
     contexts: tuple[str, ...] = ()
+    sends: dict[str, tuple[type[Message], ...]] = field(default_factory=dict)
 
     @classmethod
     def from_maps(cls, maps: Mapping[str, object], *, strict: bool = True) -> "Registry":
@@ -47,11 +56,14 @@ class Registry:
                 for msg_type, func in getattr(source, attr, {}).items():
                     problems += registry._add_single(context, msg_type, func, base)
             for msg_type, funcs in getattr(source, "EVENTS", {}).items():
-                if not (isinstance(msg_type, type) and issubclass(msg_type, Event)):
+                if not _is(msg_type, Event):
                     problems.append(f"{context}: EVENTS key {msg_type!r} is not an Event")
                     continue
                 for func in funcs:
                     registry.events.setdefault(msg_type, []).append(HandlerSpec(context, func))
+            sends = tuple(getattr(source, "SENDS", ()))
+            problems += [f"{context}: SENDS entry {t!r} is not a Command" for t in sends if not _is(t, Command)]
+            registry.sends[context] = sends
         if strict:
             problems += registry._unhandled()
         if problems:
@@ -63,7 +75,7 @@ class Registry:
         return cls.from_maps({name: importlib.import_module(path) for name, path in contexts.items()})
 
     def _add_single(self, context, msg_type, func, base) -> list[str]:
-        if not (isinstance(msg_type, type) and issubclass(msg_type, base)):
+        if not _is(msg_type, base):
             return [f"{context}: {msg_type!r} is not a {base.__name__}"]
         wire_name = msg_type.options.wire_name
         if msg_type in self.single:
@@ -83,6 +95,10 @@ class Registry:
             if msg_type not in self.single:
                 problems.append(f"{wire_name} ({msg_type.kind}) has no handler")
         return problems
+
+    def commands_sent(self, context: str) -> list[type[Message]]:
+        """Other contexts' commands `context` sends (its SENDS), for its NATS permissions."""
+        return [t for t in self.sends.get(context, ()) if t.options.context != context]
 
     def handler_for(self, msg_type: type[Message]) -> HandlerSpec | None:
         return self.single.get(msg_type)

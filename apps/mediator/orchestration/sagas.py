@@ -22,8 +22,9 @@ A reply that arrives for the in-flight step after the saga gave up is undone wit
 that step's compensation. Once a `pivot` step has been sent, the saga can no
 longer be cancelled (it is the point of no return).
 
-A timer that fires late (the database or the consumers were away when it was due) is
-re-armed instead of giving up: the step had no time to run. A pivot step whose command
+A timer that fires late (the database or the consumers were away when it was due), or
+whose step's window overlapped a database outage this process saw (storage/outage.py),
+is re-armed instead of giving up: the step had no fair time to run. A pivot step whose command
 is dead makes the saga `stuck`, visibly, until an operator replays that dead letter
 (the reply completes the saga) or compensates it from the admin. A reply is only taken
 from the saga's own business key (`key`: the order id) and when `Step.accepts` it.
@@ -44,6 +45,7 @@ from apps.mediator.core.messages import Command, Event
 from apps.mediator.models import Message as MessageRow
 from apps.mediator.models import SagaState
 from apps.mediator.observability import metrics
+from apps.mediator.storage import outage
 
 LATE_TIMER = 5.0  # seconds past due (and half the step's timeout) that say the system was away
 MAX_REARMS = 5  # late timers re-armed per step, then it times out as usual
@@ -180,6 +182,12 @@ class Saga:
         state.data = {**state.data, "_timer": timer.message_id}
 
     @staticmethod
+    def _armed_at(state: SagaState, index: int) -> float:
+        """When the step's current window began: its start, or its timer's last re-arm."""
+        marks = [e["at"] for e in state.step_log if e["step"] == index and e["event"] in ("started", "timer_rearmed")]
+        return dt.datetime.fromisoformat(marks[-1]).timestamp() if marks else 0.0
+
+    @staticmethod
     def _step_command_dead(state: SagaState, index: int) -> str:
         """The id of the step's command when it is a dead letter ("" when it is not)."""
         sent = [e["message_id"] for e in state.step_log if e["step"] == index and e["event"] == "started"]
@@ -247,8 +255,12 @@ class Saga:
         seconds = step.timeout_seconds()
         envelope = current_envelope.get()
         late = time.time() - envelope.not_before if envelope and envelope.not_before else 0.0
-        if late > max(LATE_TIMER, seconds / 2) and command.attempt < MAX_REARMS:
-            cls._log(state, command.step, "timer_rearmed", detail=f"fired {late:.0f}s late: the step could not run")
+        # This process found the database away since the step was started (or re-armed): the
+        # step (its command, its reply) could not run for part of it, however punctual the timer.
+        away = outage.last_seen() >= cls._armed_at(state, command.step)
+        if (late > max(LATE_TIMER, seconds / 2) or away) and command.attempt < MAX_REARMS:
+            why = "the database was away during the step" if away else f"fired {late:.0f}s late"
+            cls._log(state, command.step, "timer_rearmed", detail=f"{why}: the step could not run")
             cls._arm(state, command.step, mediator, attempt=command.attempt + 1)
             state.save()
             return

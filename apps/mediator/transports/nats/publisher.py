@@ -14,6 +14,7 @@ and marks the outbox rows in one statement (one per burst, not one per message).
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -24,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from django.db import close_old_connections, connections
 from nats.js.errors import NotFoundError
 
+from apps.mediator.core import roles
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.core.envelope import Envelope
 from apps.mediator.core.messages import SUBJECT_SEGMENT, QoS
@@ -124,9 +126,18 @@ class NatsTransport(Transport):
 
     # -- publishing ----------------------------------------------------------
 
+    @functools.cached_property
+    def publishable(self) -> frozenset[str] | None:
+        """The wire names this process's NATS user may publish (CATGA["ROLE"]); None: any."""
+        return roles.publishable_names(self.registry)
+
     def publish(self, batch: Sequence[Outgoing]) -> None:
         now = time.time()
         due = [item for item in batch if item.envelope.not_before is None or item.envelope.not_before <= now]
+        if self.publishable is not None:
+            # NATS would refuse the rest (and time out): they wait in the outbox for the
+            # relay of a context that may send them (an admin replay of an event, say).
+            due = [item for item in due if item.envelope.type in self.publishable]
         if not due:
             return  # scheduled: the relay publishes it when it is due
         loop = self._ensure_loop()

@@ -3,7 +3,8 @@
 Streams (names from SUBJECT_PREFIX, upper-cased):
   <P>_CMD  <prefix>.<context>.cmd.>   commands, one durable consumer per context
   <P>_EVT  <prefix>.<context>.evt.>   events, one durable consumer per subscribing context
-  <P>_DLQ  <prefix>.dlq.>             dead letters, with the reason in headers
+  <P>_DLQ  <prefix>.dlq.>             dead letters, with the reason in headers (bounded by
+                                      DLQ_MAX_BYTES, the oldest dropped first)
 Subjects are listed per context (not `<prefix>.*.cmd.>`) because JetStream refuses
 streams whose subjects could overlap, and `*` would also match `dlq`.
 Both the web (publisher) and the consumers create the consumers, so an event
@@ -21,6 +22,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -78,7 +80,7 @@ def stream_configs(contexts) -> list[StreamConfig]:
     if reserved:
         raise ValueError(f"context names {sorted(reserved)} are reserved for subjects; rename them")
 
-    def stream(kind: str, subjects: list[str], max_age: float) -> StreamConfig:
+    def stream(kind: str, subjects: list[str], max_age: float, **limits) -> StreamConfig:
         return StreamConfig(
             name=stream_name(kind),
             subjects=subjects,
@@ -87,12 +89,22 @@ def stream_configs(contexts) -> list[StreamConfig]:
             duplicate_window=catga_settings.DUPLICATE_WINDOW,
             num_replicas=catga_settings.STREAM_REPLICAS,
             storage=StorageType(catga_settings.STREAM_STORAGE),
+            **limits,
         )
 
     return [
         stream("CMD", [f"{prefix()}.{c}.cmd.>" for c in contexts], catga_settings.STREAM_MAX_AGE),
         stream("EVT", [f"{prefix()}.{c}.evt.>" for c in contexts], catga_settings.STREAM_MAX_AGE),
-        stream("DLQ", [f"{prefix()}.dlq.>"], catga_settings.DLQ_MAX_AGE),
+        # Full, it drops its oldest dead letters rather than refuse new ones: a refused dead
+        # letter would leave its message unsettled. The history keeps every dead row (replay
+        # reads it), so only the stream's copy of the oldest goes.
+        stream(
+            "DLQ",
+            [f"{prefix()}.dlq.>"],
+            catga_settings.DLQ_MAX_AGE,
+            max_bytes=catga_settings.DLQ_MAX_BYTES,
+            discard=DiscardPolicy.OLD,
+        ),
     ]
 
 
