@@ -14,7 +14,7 @@ import random
 import pytest
 
 from apps.inventory.models import Reservation
-from apps.mediator.models import Delivery
+from apps.mediator.models import Delivery, Message
 from apps.mediator.servers.ports import wait_until
 from tests.integration.helpers import dead_letters, js_call, settled
 from tests.reliability import garbage
@@ -66,3 +66,31 @@ def test_poison_messages_are_dead_in_seconds_and_their_neighbours_succeed(big_ca
 def _tagged(kind, tag: str, rng) -> garbage.Garbage:
     item = kind(tag, rng)
     return garbage.Garbage(item.kind, item.subject, item.headers, item.body, item.reason, tag)
+
+
+def test_a_full_dead_letter_stream_drops_its_oldest_letters_and_every_message_still_settles(workers):
+    # A small bound: 40 dead letters of ~1.3 kB overflow 16 KiB; a refused one would stay unsettled.
+    workers.start("inventory", CATGA_DLQ_MAX_BYTES=str(16 * 1024))
+    items = []
+    for n in range(40):
+        tag = f"unknown-{n:02d}"
+        headers = garbage._headers(tag, "inventory.Teleport")
+        body = json.dumps({"padding": "x" * 1000}).encode()
+        items.append(garbage.Garbage("unknown type", "catga.inventory.cmd.Teleport", headers, body, "unknown", tag))
+    for item in items:  # in order: which letters are the oldest is then known
+        _publish(workers.nats_url, [item])
+
+    wait_until(
+        lambda: settled(workers.nats_url, only=("inventory_cmd",)), timeout=20, what="every command to be settled"
+    )
+
+    async def dlq(nc, js):
+        info = await js.stream_info("CATGA_DLQ")
+        return info.config.max_bytes, info.state.bytes
+
+    max_bytes, held = js_call(workers.nats_url, dlq)
+    assert max_bytes == 16 * 1024 and held <= max_bytes
+    letters = dead_letters(workers.nats_url)
+    assert items[-1].tag in letters and items[0].tag not in letters  # the newest kept, the oldest dropped
+    # The history keeps every one: replay reads it, not the stream.
+    assert Message.objects.filter(status="dead", type="inventory.Teleport").count() == len(items)
