@@ -7,11 +7,15 @@ Kubernetes.
 
 import asyncio
 import os
+import subprocess
+import sys
+import threading
 from decimal import Decimal
+from pathlib import Path
 
 import nats
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 
 from apps.inventory.contracts import ReleaseStock
 from apps.inventory.models import Item
@@ -22,6 +26,8 @@ from apps.mediator.storage import outbox
 from apps.orders.models import Order
 from apps.payments.models import Payment
 from tests.integration.helpers import final_status, place, start_all
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -123,42 +129,54 @@ def test_two_relays_at_once_publish_every_outbox_row_exactly_once(nats_settings,
     Message.objects.filter(pk__in=ids).update(created_at=Message.objects.get(pk=ids[0]).created_at.replace(year=2000))
 
     counts: dict[str, int] = {}
-    done = asyncio.Event()
+    subscribed, stop = threading.Event(), threading.Event()
 
-    async def count_and_relay():
-        nc = await nats.connect(nats_settings.CATGA["NATS_URL"])
+    def count() -> None:
+        async def run():
+            nc = await nats.connect(nats_settings.CATGA["NATS_URL"])
 
-        async def on_message(msg):
-            key = msg.headers.get("Nats-Msg-Id")
-            counts[key] = counts.get(key, 0) + 1
+            async def on_message(msg):
+                key = msg.headers.get("Nats-Msg-Id")
+                counts[key] = counts.get(key, 0) + 1
 
-        await nc.subscribe("catga.inventory.cmd.>", cb=on_message)
-        await nc.flush()
-        env = workers.env()
+            await nc.subscribe("catga.inventory.cmd.>", cb=on_message)
+            await nc.flush()
+            subscribed.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            await nc.close()
+
+        asyncio.run(run())
+
+    counter = threading.Thread(target=count, daemon=True)
+    counter.start()
+    assert subscribed.wait(10)
+    argv = [sys.executable, "manage.py", "relay_outbox", "--batch", "50"]
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Both relays queue behind this lock and start sweeping at the same moment, however
+        # long each took to start (seconds apart on a busy machine: one drained it all).
+        cursor.execute("LOCK TABLE mediator_message IN EXCLUSIVE MODE")
         procs = [
-            await asyncio.create_subprocess_exec(
-                __import__("sys").executable,
-                "manage.py",
-                "relay_outbox",
-                "--batch",
-                "50",
-                cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]),
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
+            subprocess.Popen(argv, cwd=ROOT, env=workers.env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             for _ in range(2)
         ]
-        outputs = [(await p.communicate())[0].decode() for p in procs]
-        await nc.flush()
-        deadline = asyncio.get_running_loop().time() + 10
-        while sum(counts.values()) < rows and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
-        await nc.close()
-        done.set()
-        return outputs, [p.returncode for p in procs]
 
-    outputs, codes = asyncio.run(count_and_relay())
+        def both_waiting() -> bool:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")  # else the transaction sees one snapshot
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query ILIKE %s AND pid <> pg_backend_pid()",
+                ["%mediator_message%"],
+            )
+            return cursor.fetchone()[0] == 2
+
+        wait_until(both_waiting, timeout=60, what="both relays waiting on the outbox")
+    outputs = [p.communicate(timeout=60)[0].decode() for p in procs]
+    codes = [p.returncode for p in procs]
+    wait_until(lambda: sum(counts.values()) >= rows, timeout=10, what="every relayed message to arrive")
+    stop.set()
+    counter.join(10)
+
     assert codes == [0, 0], outputs
     published = [int(out.strip().splitlines()[-1].split()[-1]) for out in outputs]
     assert sum(published) == rows, outputs

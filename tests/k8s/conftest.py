@@ -9,7 +9,7 @@ from tests.k8s.manifests import Combo, Render, combo_dir, prepare_tree, render, 
 
 @pytest.fixture(scope="session")
 def k8s_tree(tmp_path_factory):
-    """A rendering copy of k8s/ (overlays get their secret.env from the committed examples)."""
+    """A rendering copy of k8s/ (overlays get their secret files from the committed examples)."""
     return prepare_tree(tmp_path_factory.mktemp("k8s-render"))
 
 

@@ -1,10 +1,10 @@
 """Rendering the Kustomize overlays, and reading what they render (shared by tests/k8s).
 
-The overlays' Secrets come from git-ignored `secret.env` files, so a clean clone cannot
-render them as they are. The tests copy `k8s/` to a temporary directory, write each
-overlay's `secret.env` from its committed `secret.env.example`, and render there; an
-overlay with extra components is a copy of the overlay directory whose `components:`
-list is replaced, exactly what an operator does to switch one on.
+The overlays' Secrets come from git-ignored files (`secret.env`, `nats-users.env`), so a
+clean clone cannot render them as they are. The tests copy `k8s/` to a temporary
+directory, write each overlay's secret files from their committed `.example`, and render
+there; an overlay with extra components is a copy of the overlay directory whose
+`components:` list is replaced, exactly what an operator does to switch one on.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import os
 import re
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ COMPONENTS = ("hpa-web", "hpa-consumers", "keda-consumers", "servicemonitor", "n
 # Alternatives that must never be combined: both would autoscale the consumer Deployments.
 EXCLUSIVE = (frozenset({"hpa-consumers", "keda-consumers"}),)
 NAMESPACES = {"dev": "catga-dev", "prod": "catga"}
+# The git-ignored file each overlay's secretGenerator reads, by the Secret it becomes.
+SECRET_FILES = {"catga-secrets": "secret.env", "catga-nats-users": "nats-users.env"}
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 LONG_RUNNING_KINDS = ("Deployment", "StatefulSet")
@@ -72,13 +75,23 @@ def kubectl() -> str:
     return path
 
 
-def prepare_tree(dest: Path) -> Path:
-    """A copy of k8s/ with each overlay's secret.env written from its committed example."""
+def prepare_tree(dest: Path, without: str | None = None) -> Path:
+    """A copy of k8s/ with each overlay's secret files written from their committed examples
+    (all but `without`)."""
     tree = dest / "k8s"
-    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("secret.env"))
+    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns(*SECRET_FILES.values()))
     for overlay in OVERLAYS:
-        shutil.copyfile(tree / "overlays" / overlay / "secret.env.example", tree / "overlays" / overlay / "secret.env")
+        for name in SECRET_FILES.values():
+            if name != without:
+                directory = tree / "overlays" / overlay
+                shutil.copyfile(directory / f"{name}.example", directory / name)
     return tree
+
+
+def secret_example(overlay: str, secret: str) -> dict[str, str]:
+    """KEY=value lines of the committed example an overlay's Secret `secret` is generated from."""
+    text = (K8S / "overlays" / overlay / f"{SECRET_FILES[secret]}.example").read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
 
 
 def combo_dir(tree: Path, combo: Combo) -> Path:
@@ -127,6 +140,11 @@ class Render:
         return None
 
 
+def unhashed(name: str) -> str:
+    """A generated ConfigMap's or Secret's name without kustomize's content hash."""
+    return GENERATED_SUFFIX.sub("", name)
+
+
 def render(path: Path, label: str | None = None) -> Render:
     result = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
@@ -151,6 +169,28 @@ def containers(workload: dict, *, init: bool = True) -> Iterator[dict]:
     if init:
         yield from spec.get("initContainers", [])
     yield from spec.get("containers", [])
+
+
+# nats-server parses a variable's value as a config value, not as a string: a password that
+# starts with a digit or `-` may read as a number (or fail to), `true` as a boolean, and the
+# server stops. A letter, then at least 7 letters, digits, `-` or `_`, is always a string.
+NATS_PASSWORD_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{7,}")
+
+
+def nats_password() -> str:
+    """A password as docs/operations.md makes them: a letter, then 48 hex digits."""
+    return "n" + secrets.token_hex(24)
+
+
+def nats_role(container: dict) -> str | None:
+    """The NATS user a container must connect as: `web`, a consumer's context, or None (it
+    does not connect: the migration Job and the init containers only talk to PostgreSQL)."""
+    if container["name"] == "web":
+        return "web"
+    if container["name"] == "consumer":
+        args = container["args"]
+        return args[args.index("--context") + 1]
+    return None
 
 
 def selects(selector: dict | None, labels: dict) -> bool:

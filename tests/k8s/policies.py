@@ -17,15 +17,19 @@ from tests.k8s.manifests import (
     containers,
     duration_seconds,
     exec_seconds,
+    nats_role,
     pod_labels,
     pod_spec,
     selects,
+    unhashed,
 )
 
 MEBIBYTE = 1024**2
 MEMORY_ENVELOPE = (128 * MEBIBYTE, 512 * MEBIBYTE)  # the seed's envelope, provisional until RSS is measured
 CONSUMER_DRAIN_SECONDS = 5  # flushing acks and closing the NATS connection after in-flight work
-SECRET_KEYS_THE_APP_READS = {"DJANGO_SECRET_KEY", "DATABASE_URL", "NATS_TOKEN"}
+# From catga-secrets; the NATS credentials come from catga-nats-users, one key per container.
+SECRET_KEYS_THE_APP_READS = {"DJANGO_SECRET_KEY", "DATABASE_URL"}
+NATS_USERS_SECRET = "catga-nats-users"
 
 
 def quantity(value) -> float:
@@ -284,10 +288,68 @@ def gunicorn_graceful_timeout(env: dict[str, str]) -> int:
     return config["graceful_timeout"]
 
 
-def nats_conf(rendered: Render) -> str:
+def nats_config_files(rendered: Render) -> dict[str, str]:
+    """The files of NATS's config volume (/etc/nats): nats.conf and what it includes."""
     statefulset = rendered.get("StatefulSet", "nats")
     volume = next(v for v in pod_spec(statefulset)["volumes"] if "configMap" in v)
-    return rendered.get("ConfigMap", volume["configMap"]["name"])["data"]["nats.conf"]
+    return rendered.get("ConfigMap", volume["configMap"]["name"])["data"]
+
+
+def nats_conf(rendered: Render) -> str:
+    return nats_config_files(rendered)["nats.conf"]
+
+
+def env_names(rendered: Render, container: dict) -> set[str]:
+    """Every variable a container gets: its own env, and the keys of the ConfigMaps and Secrets it reads whole."""
+    names = set(config_env(rendered, container)) | {var["name"] for var in container.get("env", [])}
+    for source in container.get("envFrom", []):
+        if "secretRef" in source:
+            secret = rendered.get("Secret", source["secretRef"]["name"]) or {}
+            names |= {source.get("prefix", "") + key for key in secret.get("data", {})}
+    return names
+
+
+def secret_key_ref(var: dict) -> tuple[str, str] | None:
+    """(the Secret's name without its hash, the key) of a variable read from a Secret."""
+    ref = var.get("valueFrom", {}).get("secretKeyRef")
+    return (unhashed(ref["name"]), ref["key"]) if ref else None
+
+
+def nats_credential_violations(rendered: Render) -> list[str]:
+    """The web and each consumer connect to NATS as their own user, with their own password
+    only; the migration Job and the init containers (PostgreSQL only) get no NATS
+    credentials; no one gets a shared token; NATS gets every password permissions.conf names."""
+    from apps.mediator.transports.nats.permissions import password_variable
+
+    found = []
+    nats = pod_spec(rendered.get("StatefulSet", "nats"))["containers"][0]
+    referenced = set(re.findall(r"\$(NATS_PASSWORD_\w+)", "\n".join(nats_config_files(rendered).values())))
+    missing = referenced - env_names(rendered, nats)
+    if not referenced or missing:
+        found.append(f"NATS's config reads the passwords {sorted(referenced)}, its pod lacks {sorted(missing)}")
+    for workload in rendered.workloads():
+        for container in containers(workload):
+            where, names = f"{name_of(workload)}/{container['name']}", env_names(rendered, container)
+            if "NATS_TOKEN" in names:
+                found.append(f"{where} gets NATS_TOKEN: the settings refuse it beside NATS_USER")
+            if workload["kind"] == "StatefulSet":  # NATS itself (above) and dev's PostgreSQL
+                continue
+            env = {var["name"]: var for var in container.get("env", [])}
+            read = {ref[1] for var in env.values() if (ref := secret_key_ref(var)) and ref[0] == NATS_USERS_SECRET}
+            if names & referenced:  # envFrom catga-nats-users, say
+                found.append(f"{where} gets NATS's own variables {sorted(names & referenced)}")
+            role = nats_role(container)
+            if role is None:
+                if read or names & {"NATS_USER", "NATS_PASSWORD", "CATGA_ROLE"}:
+                    found.append(f"{where} does not connect to NATS but gets NATS credentials")
+                continue
+            user = {key: env.get(key, {}).get("value") for key in ("NATS_USER", "CATGA_ROLE")}
+            if user != {"NATS_USER": role, "CATGA_ROLE": role}:
+                found.append(f"{where} connects as {user}, expected the user and the role {role!r}")
+            own = password_variable(role)
+            if read != {own} or secret_key_ref(env.get("NATS_PASSWORD", {})) != (NATS_USERS_SECRET, own):
+                found.append(f"{where} reads the NATS passwords {sorted(read)}, expected {own} as NATS_PASSWORD only")
+    return found
 
 
 def grace_violations(rendered: Render) -> list[str]:
@@ -347,11 +409,20 @@ def nats_violations(rendered: Render) -> list[str]:
     env = {var["name"]: var for var in pod_spec(statefulset)["containers"][0]["env"]}
     if "$SERVER_NAME" not in conf or env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] != "metadata.name":
         found.append("NATS server names must be the pod names (KEDA reaches a stream leader by server name)")
+    # JetStream reserves a stream's max_bytes up front: the dead-letter stream's must fit the store.
+    from apps.mediator.core.conf import DEFAULTS
+
+    number, unit = re.search(r"^\s*max_file_store:\s*(\d+)\s*([KMGT]B)\s*$", conf, re.M).groups()
+    store = int(number) * 1024 ** ("KMGT".index(unit[0]) + 1)  # nats-server's KB, MB, GB are binary
     for workload in rendered.workloads():
         for container in containers(workload):
-            stream_replicas = config_env(rendered, container).get("CATGA_STREAM_REPLICAS")
+            env = config_env(rendered, container)
+            stream_replicas = env.get("CATGA_STREAM_REPLICAS")
             if stream_replicas is not None and int(stream_replicas) != min(3, replicas):
                 found.append(f"{name_of(workload)} asks for R{stream_replicas} streams on {replicas} NATS node(s)")
+            dead_letters = int(env.get("CATGA_DLQ_MAX_BYTES", DEFAULTS["DLQ_MAX_BYTES"]))
+            if stream_replicas is not None and dead_letters > store:
+                found.append(f"{name_of(workload)} asks for a {dead_letters}-byte DLQ stream; NATS stores {store}")
     return found
 
 
@@ -406,6 +477,7 @@ CHECKS = [
     autoscaling_violations,
     grace_violations,
     nats_violations,
+    nats_credential_violations,
     keda_violations,
     metrics_discovery_violations,
 ]

@@ -27,9 +27,10 @@ SKIPS = {
         "while the registry is down; dev also runs locally loaded images (catga:dev) that no registry has."
     ),
     "CKV_K8S_35": (
-        "secrets as files: Django settings, dj-database-url and nats.conf read DJANGO_SECRET_KEY, "
-        "DATABASE_URL and NATS_TOKEN from the environment; files would need *_FILE support in the app. "
-        "The Secret is only exposed to the containers that need it."
+        "secrets as files: Django settings and dj-database-url read DJANGO_SECRET_KEY and DATABASE_URL, "
+        "the app's NATS client NATS_USER/NATS_PASSWORD, and permissions.conf each user's "
+        "$NATS_PASSWORD_<ROLE>, from the environment; files would need *_FILE support in the app. "
+        "Each container gets only the Secret keys it needs: a Deployment its own NATS password, NATS all."
     ),
     "CKV_K8S_43": (
         "image digests: committed overlays carry exact version tags; the deploy workflow replaces the app "

