@@ -92,8 +92,6 @@ class Worker:
         self.concurrency = concurrency
         self.health_port = health_port
         self.relay = relay
-        # What this process's role may publish (CATGA["ROLE"]): its relay takes only those rows.
-        self.publishable = roles.publishable_names(dispatcher.registry)
         self.state = WorkerState()
         self._rate_at, self._done_at, self._recent = time.monotonic(), 0, 0  # for _in_flight_limit
         self.stop_event: asyncio.Event | None = None
@@ -310,10 +308,12 @@ class Worker:
 
     async def _relay_loop(self) -> None:
         interval = catga_settings.RELAY_INTERVAL
+        # What this process's role may publish (CATGA["ROLE"]): its relay takes only those rows.
+        types = roles.publishable_names(self.dispatcher.registry)
         while True:
             try:
                 published = await self.loop.run_in_executor(
-                    None, _in_thread, outbox.drain, (self.transport.publish_blocking,), {"types": self.publishable}
+                    None, _in_thread, outbox.drain, (self.transport.publish_blocking,), {"types": types}
                 )
                 if published:
                     logger.info("outbox relay published %d message(s)", published)
