@@ -32,6 +32,8 @@ _EXPORTS = {
     "Handle": "apps.mediator.delivery.mediator",
     "HandlerFailed": "apps.mediator.delivery.mediator",
     "HandlerContext": "apps.mediator.core.pipeline",
+    # Handlers marked where they are defined (the registry finds them in the handlers module)
+    "handles": "apps.mediator.core.registry",
     # Errors: one hierarchy, mapped to HTTP by the API and to ack/retry/dead by the consumer
     "CatgaError": "apps.mediator.core.errors",
     "TransientError": "apps.mediator.core.errors",

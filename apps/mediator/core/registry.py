@@ -12,9 +12,23 @@ has any number, in any context. A context may publish its own events and send it
 commands; `SENDS` lists the other contexts' commands it sends, which is what its NATS
 user may publish (`manage.py nats_permissions`). Mistakes stop start-up with every
 problem listed.
+
+A handler may instead be marked where it is defined, and is then found in its context's
+handlers module like a map entry (defined there, or imported into it by name):
+
+    @handles(ReserveStock)
+    def reserve_stock(command, ctx): ...
+
+    @handles(OrderConfirmed, OrderCancelled)      # events: this context subscribes
+    def forget_reservation(event, ctx): ...
+
+The context is the one whose handlers module holds the function; `context=` states it,
+and a mismatch is listed with the other problems. Maps and marks mix; the same function
+named twice for a type counts once, and two handlers for a command are still refused.
 """
 
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -29,6 +43,67 @@ def _is(value, base: type) -> bool:
     return isinstance(value, type) and issubclass(value, base)
 
 
+HANDLES = "__catga_handles__"  # the mark @handles leaves on a function: (types, context or None)
+
+
+def handles(*msg_types: type[Message], context: str | None = None) -> Callable[[Handler], Handler]:
+    """Mark a function as the handler of `msg_types`; the registry finds it in its context's handlers module."""
+    if not msg_types:
+        raise TypeError("@handles() needs at least one message type")
+    for msg_type in msg_types:
+        if not _is(msg_type, Message) or msg_type in (Command, Query, Event):
+            raise TypeError(f"@handles({msg_type!r}): not a Command, Query or Event type")
+
+    def mark(func: Handler) -> Handler:
+        if not inspect.isfunction(func):
+            raise TypeError(f"@handles marks module-level functions, not {func!r}")
+        types, declared = func.__dict__.get(HANDLES, ((), None))
+        if context and declared and context != declared:
+            raise TypeError(f"@handles on {func.__qualname__}: context {context!r} and {declared!r}")
+        setattr(func, HANDLES, ((*types, *msg_types), context or declared))
+        return func
+
+    return mark
+
+
+def marked_handlers(context: str, source: object) -> tuple[dict, dict, dict, list[str]]:
+    """(COMMANDS, QUERIES, EVENTS) of the @handles functions in `source`'s namespace, and problems."""
+    commands: dict = {}
+    queries: dict = {}
+    events: dict = {}
+    problems: list[str] = []
+    namespace = getattr(source, "__dict__", {})
+    seen: set[int] = set()
+    for value in list(namespace.values()):
+        # Plain functions only, read from their __dict__: a lazy object in the namespace (the
+        # process's `mediator`) must not be woken by a getattr while the registry is built.
+        mark = value.__dict__.get(HANDLES) if inspect.isfunction(value) else None
+        if mark is None or id(value) in seen:
+            continue
+        seen.add(id(value))
+        msg_types, declared = mark
+        if declared is not None and declared != context:
+            problems.append(
+                f"{context}: @handles(context={declared!r}) on {value.__module__}.{value.__qualname__}"
+                f" is in {context!r}'s handlers module"
+            )
+            continue
+        for msg_type in msg_types:
+            if msg_type.kind is Kind.EVENT:
+                events.setdefault(msg_type, []).append(value)
+            else:
+                target = commands if msg_type.kind is Kind.COMMAND else queries
+                if msg_type in target and target[msg_type] is not value:
+                    first = target[msg_type]
+                    problems.append(
+                        f"{msg_type.options.wire_name} has two handlers: {context}:{first.__module__}."
+                        f"{first.__qualname__} and {context}:{value.__module__}.{value.__qualname__}"
+                    )
+                    continue
+                target[msg_type] = value
+    return commands, queries, events, problems
+
+
 @dataclass(frozen=True)
 class HandlerSpec:
     context: str
@@ -37,6 +112,14 @@ class HandlerSpec:
     @property
     def name(self) -> str:
         return f"{self.context}:{self.func.__module__}.{self.func.__qualname__}"
+
+
+def _merged(listed: Mapping, marked: Mapping) -> dict:
+    """EVENTS of the map, then the marked functions it does not already name."""
+    merged = {msg_type: list(funcs) for msg_type, funcs in listed.items()}
+    for msg_type, funcs in marked.items():
+        merged.setdefault(msg_type, []).extend(f for f in funcs if f not in merged[msg_type])
+    return merged
 
 
 @dataclass
@@ -52,10 +135,16 @@ class Registry:
         registry = cls(contexts=tuple(maps))
         problems: list[str] = []
         for context, source in maps.items():
-            for attr, base in (("COMMANDS", Command), ("QUERIES", Query)):
-                for msg_type, func in getattr(source, attr, {}).items():
+            commands, queries, events, marked_problems = marked_handlers(context, source)
+            problems += marked_problems
+            for attr, base, marked in (("COMMANDS", Command, commands), ("QUERIES", Query, queries)):
+                listed = getattr(source, attr, {})
+                for msg_type, func in listed.items():
                     problems += registry._add_single(context, msg_type, func, base)
-            for msg_type, funcs in getattr(source, "EVENTS", {}).items():
+                for msg_type, func in marked.items():
+                    if listed.get(msg_type) is not func:  # the same function in the map and marked: once
+                        problems += registry._add_single(context, msg_type, func, base)
+            for msg_type, funcs in _merged(getattr(source, "EVENTS", {}), events).items():
                 if not _is(msg_type, Event):
                     problems.append(f"{context}: EVENTS key {msg_type!r} is not an Event")
                     continue
