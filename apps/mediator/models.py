@@ -15,6 +15,10 @@ class Message(models.Model):
         HANDLED = "handled", "handled"
         FAILED = "failed", "failed (retrying)"
         DEAD = "dead", "dead letter"
+        # Settled without being handled: an operator revoked (or purged) it, or its
+        # `expires` passed first. The dispatcher acknowledges such a delivery unrun.
+        REVOKED = "revoked", "revoked"
+        EXPIRED = "expired", "expired"
 
     id = models.CharField(primary_key=True, max_length=26, editable=False)
     type = models.CharField(max_length=200)
@@ -28,6 +32,7 @@ class Message(models.Model):
     headers = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(db_index=True)
     available_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
     published_at = models.DateTimeField(null=True, blank=True)
     publish_attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
@@ -36,7 +41,11 @@ class Message(models.Model):
         ordering = ["-id"]
         # Replaying a dead letter re-runs handlers: a permission of its own, apart from
         # viewing the (read-only) history.
-        permissions = [("replay_message", "Can replay dead letters")]
+        # Revoking (and purging) cancels messages not yet handled: one more of its own.
+        permissions = [
+            ("replay_message", "Can replay dead letters"),
+            ("revoke_message", "Can revoke and purge queued messages"),
+        ]
         indexes = [
             models.Index(fields=["status", "id"], name="msg_status_id"),
             models.Index(fields=["type", "id"], name="msg_type_id"),

@@ -35,6 +35,15 @@ def final_status(order_id, timeout=30):
     return wait_until(done, timeout=timeout, what=f"order {order_id} to leave pending, its saga to settle")
 
 
+def at_charge_step(order_id: str) -> Order:
+    """Wait until the order's saga has sent its charge (with no payments consumer, it stays there)."""
+    wait_until(
+        lambda: any(e["name"] == "charge_payment" for e in SagaState.objects.get().step_log),
+        what="the saga at its charge step",
+    )
+    return Order.objects.get(pk=order_id)
+
+
 def js_call(url, coro_factory):
     async def run():
         nc = await nats.connect(url)

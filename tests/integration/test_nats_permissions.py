@@ -20,14 +20,14 @@ from apps.mediator.core import roles
 from apps.mediator.core.envelope import Envelope
 from apps.mediator.core.ids import new_id
 from apps.mediator.core.messages import Kind
-from apps.mediator.models import Message, SagaState
+from apps.mediator.models import Message
 from apps.mediator.runtime import get_registry, mediator
 from apps.mediator.servers.nats import NatsServer
 from apps.mediator.servers.ports import wait_until
 from apps.mediator.transports.nats import permissions
 from apps.orders.models import Order
 from tests.integration.conftest import Workers
-from tests.integration.helpers import CONTEXTS, final_status, place
+from tests.integration.helpers import CONTEXTS, at_charge_step, final_status, place
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -143,11 +143,7 @@ def test_a_forged_payment_capture_is_refused_by_nats(api, catalogue, role_worker
     role_workers.start_as("orders")
     role_workers.start_as("inventory")
     victim = place(api, [{"sku": "SKU-A", "quantity": 2}])
-    wait_until(
-        lambda: any(e["name"] == "charge_payment" for e in SagaState.objects.get().step_log),
-        what="the victim's saga at its charge step",
-    )
-    order = Order.objects.get(pk=victim)
+    order = at_charge_step(victim)
     body = json.dumps({"order_id": victim, "payment_id": 1, "amount": str(order.total)}).encode()
     envelope = Envelope(
         id=new_id(),

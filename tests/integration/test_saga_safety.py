@@ -22,7 +22,7 @@ from apps.mediator.models import Message, SagaState
 from apps.mediator.servers.ports import wait_until
 from apps.orders.models import Order
 from apps.payments.models import Payment
-from tests.integration.helpers import CONTEXTS, final_status, js_call, place
+from tests.integration.helpers import CONTEXTS, at_charge_step, final_status, js_call, place
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -92,11 +92,7 @@ def test_a_forged_payment_capture_with_a_real_correlation_id_is_refused_by_the_s
     workers.start("orders")
     workers.start("inventory")
     victim = place(api, [{"sku": "SKU-A", "quantity": 2}])
-    wait_until(
-        lambda: any(e["name"] == "charge_payment" for e in SagaState.objects.get().step_log),
-        what="the victim's saga at its charge step",
-    )
-    order = Order.objects.get(pk=victim)
+    order = at_charge_step(victim)
     # Its correlation id is in every order response; the forger reuses it.
     forgeries = [
         {"order_id": "another-order", "payment_id": 1, "amount": str(order.total)},  # another order's key

@@ -24,6 +24,7 @@ from django.utils.html import format_html, format_html_join
 
 from apps.mediator.console import conversation as admin_conversation
 from apps.mediator.console import dead_letters as admin_dead_letters
+from apps.mediator.console import revocations
 from apps.mediator.console import sagas as admin_sagas
 from apps.mediator.console.common import (
     ReadOnlyAdmin,
@@ -58,7 +59,8 @@ class MessageChangeList(ChangeList):
 
 
 @admin.register(Message)
-class MessageAdmin(ReadOnlyAdmin):
+class MessageAdmin(revocations.RevokeActions, ReadOnlyAdmin):
+    actions = ["revoke_selected"]
     list_display = [
         "message",
         "kind",
@@ -78,8 +80,11 @@ class MessageAdmin(ReadOnlyAdmin):
     fieldsets = [
         (None, {"fields": ["id", "type", "kind", "context", "status_badge", "qos"]}),
         ("Conversation", {"fields": ["conversation_link", "cause", "consequences"]}),
-        ("Outbox", {"fields": ["created_precise", "available", "published", "publish_attempts", "last_error"]}),
-        ("Replays", {"fields": ["replay_history"]}),
+        (
+            "Outbox",
+            {"fields": ["created_precise", "available", "expires", "published", "publish_attempts", "last_error"]},
+        ),
+        ("Replays and revocation", {"fields": ["replay_history", "revocation"]}),
         ("Content", {"fields": ["payload_pretty", "headers_pretty"]}),
     ]
     readonly_fields = [
@@ -93,6 +98,8 @@ class MessageAdmin(ReadOnlyAdmin):
         "payload_pretty",
         "headers_pretty",
         "replay_history",
+        "expires",
+        "revocation",
     ]
 
     # -- list --------------------------------------------------------------------
@@ -142,6 +149,14 @@ class MessageAdmin(ReadOnlyAdmin):
     @admin.display(description="available from (UTC)")
     def available(self, obj):
         return precise(obj.available_at) or "immediately"
+
+    @admin.display(description="expires (UTC)")
+    def expires(self, obj):
+        return precise(obj.expires_at) or "never"
+
+    @admin.display(description="revoked")
+    def revocation(self, obj):
+        return revocations.revocation(obj)
 
     @admin.display(description="published (UTC)")
     def published(self, obj):
@@ -204,6 +219,8 @@ class MessageAdmin(ReadOnlyAdmin):
             **(extra_context or {}),
             "deliveries": deliveries,
             "can_replay": admin_dead_letters.may_replay(request),
+            "can_revoke": revocations.may_revoke(request),
+            "revocable_statuses": revocations.REVOCABLE_STATUSES,
         }
         return super().change_view(request, object_id, form_url, context)
 
@@ -215,6 +232,7 @@ class MessageAdmin(ReadOnlyAdmin):
             path("conversation/", wrap(self.conversation_view), name="mediator_message_conversation_search"),
             path("conversation/<str:key>/", wrap(self.conversation_view), name="mediator_message_conversation"),
             path("dashboard/", wrap(self.dashboard_view), name="mediator_dashboard"),
+            *self.revoke_urls(),
             *super().get_urls(),
         ]
 

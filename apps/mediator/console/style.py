@@ -8,6 +8,8 @@ STATUS_COLOURS = {
     "handled": "#1a7f37",
     "failed": "#bf8700",
     "dead": "#cf222e",
+    "revoked": "#8250df",
+    "expired": "#9a6700",
     "succeeded": "#1a7f37",
     "retrying": "#bf8700",
     "running": "#2a6ebb",

@@ -25,6 +25,7 @@ H_QOS = "Catga-QoS"
 H_ATTEMPT = "Catga-Attempt"
 H_CREATED = "Catga-Created-At"
 H_NOT_BEFORE = "Catga-Not-Before"
+H_EXPIRES = "Catga-Expires"  # seconds since the epoch after which the message is not handled
 H_TRACEPARENT = "traceparent"
 H_TRACESTATE = "tracestate"
 H_WORKFLOW = "Catga-Workflow"
@@ -47,6 +48,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 1
     created_at: float  # seconds since the epoch
     not_before: float | None = None  # scheduled delivery (countdown / eta)
+    expires: float | None = None  # not handled after this (send/publish `expires`)
     traceparent: str | None = None
     tracestate: str | None = None
     workflow: str | None = None  # "<workflow id>:<member index>" for chain and group members
@@ -59,6 +61,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
         qos: QoS,
         cause: "Envelope | None" = None,
         not_before: float | None = None,
+        expires: float | None = None,
         traceparent: str | None = None,
         correlation_id: str | None = None,
         workflow: str | None = None,
@@ -74,8 +77,13 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
             qos=qos,
             created_at=time.time(),
             not_before=not_before,
+            expires=expires,
             traceparent=traceparent,
         )
+
+    def expired(self, now: float | None = None) -> bool:
+        """Past its `expires`: recorded as expired and not handled."""
+        return self.expires is not None and self.expires <= (time.time() if now is None else now)
 
     def with_attempt(self, attempt: int) -> "Envelope":
         return msgspec.structs.replace(self, attempt=attempt)
@@ -95,6 +103,8 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
             headers[H_CAUSATION] = self.causation_id
         if self.not_before is not None:
             headers[H_NOT_BEFORE] = repr(self.not_before)
+        if self.expires is not None:
+            headers[H_EXPIRES] = repr(self.expires)
         if self.traceparent:
             headers[H_TRACEPARENT] = self.traceparent
         if self.tracestate:
@@ -134,6 +144,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
                 attempt=int(headers.get(H_ATTEMPT, "1")),
                 created_at=float(headers.get(H_CREATED, time.time())),
                 not_before=float(headers[H_NOT_BEFORE]) if headers.get(H_NOT_BEFORE) else None,
+                expires=float(headers[H_EXPIRES]) if headers.get(H_EXPIRES) else None,
                 traceparent=headers.get(H_TRACEPARENT),
                 tracestate=headers.get(H_TRACESTATE),
                 workflow=workflow,
@@ -151,7 +162,8 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
                 raise UndecodableMessage(f"bad header value: {header} is longer than {MAX_ID_LENGTH} characters")
         if len(self.type) > MAX_TYPE_LENGTH:
             raise UndecodableMessage(f"bad header value: {H_TYPE} is longer than {MAX_TYPE_LENGTH} characters")
-        for header, seconds in ((H_CREATED, self.created_at), (H_NOT_BEFORE, self.not_before)):
+        times = ((H_CREATED, self.created_at), (H_NOT_BEFORE, self.not_before), (H_EXPIRES, self.expires))
+        for header, seconds in times:
             try:
                 if seconds is not None:
                     dt.datetime.fromtimestamp(seconds, tz=dt.UTC)

@@ -31,6 +31,9 @@ from apps.mediator.storage import history, inbox, outage
 
 logger = logging.getLogger("catga.worker")
 
+# A revoked, purged or expired message: its delivery is acknowledged, its handlers not run.
+SKIPPED = "{status}: settled without running its handlers"
+
 
 class WorkflowHooks(Protocol):
     """The chain/group bookkeeping (orchestration), called in the member handler's transaction."""
@@ -95,11 +98,16 @@ class Dispatcher:
             if message.kind is Kind.EVENT:
                 return Outcome(ACK)  # nobody here subscribes; not an error
             return self.dead_on_arrival(envelope, body, f"no handler for {envelope.type}")
+        if envelope.expired():
+            history.record_expired(envelope, codec.to_payload(message))
+            return Outcome(ACK, reason=SKIPPED.format(status=MessageRow.Status.EXPIRED))
         if inbox_on(envelope, message):
             stored, created = history.ensure_received(envelope, codec.to_payload(message))
             forged = "" if created else not_the_stored(stored, envelope, message)
             if forged:
                 return Outcome(DEAD, reason=forged)  # the stored message's history is left as it is
+            if stored.status in history.NOT_TO_HANDLE:  # revoked or purged: settled, never handled
+                return Outcome(ACK, reason=SKIPPED.format(status=stored.status))
         outcomes = [self.run(spec, message, envelope) for spec in specs]
         for action in (RETRY, DEAD):
             matching = [o for o in outcomes if o.action == action]
@@ -127,7 +135,9 @@ class Dispatcher:
                 # A copy of this message still being handled elsewhere (a timed-out stray, a
                 # redelivery racing the original) makes this attempt fail fast (InboxBusy) and
                 # retry later, instead of parking a handler thread on a lock.
-                delivery = inbox.inbox_claim(envelope.id, spec.name, spec.context, started)
+                delivery, status = inbox.inbox_claim(envelope.id, spec.name, spec.context, started)
+                if status in history.NOT_TO_HANDLE:  # revoked meanwhile (the claim read it locked)
+                    return Outcome(ACK, reason=SKIPPED.format(status=status))
                 if delivery.status in (Delivery.Status.SUCCEEDED, Delivery.Status.DEAD):
                     return Outcome(ACK, result=delivery.result, duplicate=True)
                 envelope = envelope.with_attempt(delivery.attempts + 1)

@@ -20,7 +20,7 @@ from apps.mediator.core.messages import Kind, Message
 from apps.mediator.delivery.checks import forged, inbox_on, jsonable
 from apps.mediator.delivery.outcome import ACK, Outcome
 from apps.mediator.models import Delivery
-from apps.mediator.storage import inbox, outage
+from apps.mediator.storage import history, inbox, outage
 
 logger = logging.getLogger("catga.worker")
 
@@ -79,6 +79,8 @@ def _group(dispatcher, calls, start: int, end: int, wanted, outcomes: list, sett
             break
         specs = dispatcher.registry.handlers_for(type(message), kwargs.get("context"))
         if not specs and message.kind is not Kind.EVENT:
+            break
+        if envelope.expired():  # recorded as expired by `handle`
             break
         if envelope.id in seen:  # a second copy in one transaction would take the same lock again
             break
@@ -179,6 +181,7 @@ def _claimed(plain: list) -> list:
         if stored is not None and (
             stored.stored_type is None  # no row: `handle` stores what arrived
             or not all(claim.locked for claim in mine)  # handled elsewhere right now
+            or stored.stored_status in history.NOT_TO_HANDLE  # revoked: `handle` acknowledges it unrun
             or forged(stored, envelope, message)
         ):
             break

@@ -12,6 +12,7 @@ the cause of everything sent, and its correlation id is carried on.
 """
 
 import datetime as dt
+import math
 import time
 from dataclasses import dataclass
 
@@ -49,7 +50,7 @@ class Handle:
     def wait(self, timeout: float = 30.0, *, interval: float = 0.05):
         """Block until the message is handled and return its handler's result (JSON form).
 
-        Raises HandlerFailed if it ended dead, TimeoutError if it is not finished in time.
+        Raises HandlerFailed if it ended dead, revoked or expired, TimeoutError if it is not finished in time.
         Polls the history, so it works from any process that shares the database.
         """
         deadline = time.monotonic() + timeout
@@ -61,12 +62,43 @@ class Handle:
             if status == MessageRow.Status.DEAD:
                 errors = [d.error for d in self.deliveries() if d.status == Delivery.Status.DEAD]
                 raise HandlerFailed(self.message_id, "; ".join(errors) or "dead")
+            if status in (MessageRow.Status.REVOKED, MessageRow.Status.EXPIRED):
+                raise HandlerFailed(self.message_id, f"{status}: it will not be handled")
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"message {self.message_id} not handled within {timeout}s (status {status})")
             time.sleep(interval)
 
     def result(self, timeout: float = 30.0):
         return self.wait(timeout)
+
+
+Expiry = float | dt.timedelta | dt.datetime
+
+
+def expiry(expires: Expiry | None, not_before: float | None) -> float | None:
+    """`expires` as seconds since the epoch: seconds (or a timedelta) from now, or a datetime.
+
+    Refused with a ValueError naming it: zero, negative or not finite seconds, a time in
+    the past, or one not after the message is due (its countdown or eta).
+    """
+    if expires is None:
+        return None
+    now = time.time()
+    if isinstance(expires, dt.timedelta):
+        expires = expires.total_seconds()
+    if isinstance(expires, dt.datetime):
+        at = expires.timestamp()
+        if at <= now:
+            raise ValueError(f"expires={expires.isoformat()} is in the past")
+    elif isinstance(expires, int | float) and not isinstance(expires, bool):
+        if not math.isfinite(expires) or expires <= 0:
+            raise ValueError(f"expires must be a positive number of seconds, not {expires!r}")
+        at = now + expires
+    else:
+        raise TypeError(f"expires takes seconds, a timedelta or a datetime, not {type(expires).__name__}")
+    if not_before is not None and at <= not_before:
+        raise ValueError("expires must be after the message is due (its countdown or eta)")
+    return at
 
 
 class HandlerFailed(Exception):
@@ -82,7 +114,16 @@ class Mediator:
         self.transport = transport
         dispatcher.mediator = self
 
-    def send(self, command: Command, *, countdown: float | None = None, eta: dt.datetime | None = None) -> Handle:
+    def send(
+        self,
+        command: Command,
+        *,
+        countdown: float | None = None,
+        eta: dt.datetime | None = None,
+        expires: Expiry | None = None,
+    ) -> Handle:
+        """`countdown` (seconds) or `eta` schedule it; past `expires` (seconds from now, or a
+        datetime) it is recorded as expired instead of handled."""
         if not isinstance(command, Command):
             raise TypeError(f"send() takes a Command, not {type(command).__name__}")
         if countdown is not None and eta is not None:
@@ -92,12 +133,12 @@ class Mediator:
             not_before = time.time() + countdown
         elif eta is not None:
             not_before = eta.timestamp()
-        return self.post(command, not_before=not_before)
+        return self.post(command, not_before=not_before, expires=expiry(expires, not_before))
 
-    def publish(self, event: Event) -> Handle:
+    def publish(self, event: Event, *, expires: Expiry | None = None) -> Handle:
         if not isinstance(event, Event):
             raise TypeError(f"publish() takes an Event, not {type(event).__name__}")
-        return self.post(event)
+        return self.post(event, expires=expiry(expires, None))
 
     def ask(self, query: Query):
         if not isinstance(query, Query):
@@ -126,7 +167,7 @@ class Mediator:
             raise NoHandler(f"no handler registered for {message.options.wire_name}")
         return spec
 
-    def _envelope(self, message: Message, not_before: float | None, **extra) -> Envelope:
+    def _envelope(self, message: Message, not_before: float | None = None, **extra) -> Envelope:
         qos = QoS(message.options.qos or catga_settings.DEFAULT_QOS)
         return Envelope.for_message(message, qos=qos, cause=current_envelope.get(), not_before=not_before, **extra)
 
@@ -135,6 +176,7 @@ class Mediator:
         message: Message,
         *,
         not_before: float | None = None,
+        expires: float | None = None,
         workflow: str | None = None,
         correlation_id: str | None = None,
     ) -> Handle:
@@ -144,7 +186,9 @@ class Mediator:
         member or the conversation a message belongs to.
         """
         codec.validated(message)
-        envelope = self._envelope(message, not_before, workflow=workflow, correlation_id=correlation_id)
+        envelope = self._envelope(
+            message, not_before, expires=expires, workflow=workflow, correlation_id=correlation_id
+        )
         envelope = tracing.stamp(envelope)  # a send span, its trace context in the envelope
         body = codec.encode(message)
         # AtMostOnce skips the outbox: recorded as already published, never relayed again

@@ -51,6 +51,7 @@ def message_row(envelope: Envelope, payload, *, status: str) -> Message:
         headers=extra,
         created_at=_ts(envelope.created_at),
         available_at=_ts(envelope.not_before),
+        expires_at=_ts(envelope.expires),
     )
 
 
@@ -91,6 +92,7 @@ def _outbox_record(envelope: Envelope, payload, status: str) -> dict:
         "headers": headers,
         "created_at": _ts(envelope.created_at),
         "available_at": _ts(envelope.not_before),
+        "expires_at": _ts(envelope.expires),
     }
 
 
@@ -100,11 +102,12 @@ def insert_outgoing(records: list[dict], using) -> None:
     with using.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {quote(Message._meta.db_table)} (id, type, kind, context, correlation_id, "  # noqa: S608
-            "causation_id, qos, status, payload, headers, created_at, available_at, published_at, "
+            "causation_id, qos, status, payload, headers, created_at, available_at, expires_at, published_at, "
             "publish_attempts, last_error) SELECT id, type, kind, context, correlation_id, causation_id, qos, "
-            "status, payload, headers, created_at, available_at, NULL, 0, '' FROM json_to_recordset(%s::json) "
-            "AS r (id text, type text, kind text, context text, correlation_id text, causation_id text, "
-            "qos text, status text, payload jsonb, headers jsonb, created_at timestamptz, available_at timestamptz)",
+            "status, payload, headers, created_at, available_at, expires_at, NULL, 0, '' "
+            "FROM json_to_recordset(%s::json) AS r (id text, type text, kind text, context text, "
+            "correlation_id text, causation_id text, qos text, status text, payload jsonb, headers jsonb, "
+            "created_at timestamptz, available_at timestamptz, expires_at timestamptz)",
             [msgspec.json.encode(records).decode()],
         )
 
@@ -137,7 +140,7 @@ def mark_published(ids: list[str]) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET status = %s, published_at = %s WHERE id IN (SELECT id FROM {table} "  # noqa: S608
-            "WHERE id = ANY(%s) AND status = %s ORDER BY id FOR UPDATE)",
+            "WHERE id = ANY(%s) AND status = %s ORDER BY id FOR NO KEY UPDATE)",
             [Message.Status.PUBLISHED.value, timezone.now(), list(ids), Message.Status.PENDING.value],
         )
 
@@ -185,8 +188,23 @@ def _received_sql() -> str:
     return f"SELECT {columns} FROM {quote(Message._meta.db_table)} WHERE {quote('id')} = %s"  # noqa: S608
 
 
+# Settled without being handled (an operator's revoke or purge, an expiry): no later
+# write of a delivery's outcome turns such a message back into one to be handled.
+NOT_TO_HANDLE = (Message.Status.REVOKED, Message.Status.EXPIRED)
+# What may still be handled: what revoke, purge and expiry may settle.
+UNHANDLED = (Message.Status.PENDING, Message.Status.PUBLISHED, Message.Status.FAILED)
+
+
 def set_message_status(message_id: str, status: str) -> None:
-    Message.objects.filter(pk=message_id).update(status=status)
+    Message.objects.filter(pk=message_id).exclude(status__in=NOT_TO_HANDLE).update(status=status)
+
+
+def record_expired(envelope: Envelope, payload) -> None:
+    """A delivery that arrived after its `expires`: its message is recorded expired, unless it
+    was handled or settled already (a late redelivery of a handled message stays handled)."""
+    _, created = ensure_received(envelope, payload, status=Message.Status.EXPIRED)
+    if not created:
+        Message.objects.filter(pk=envelope.id, status__in=UNHANDLED).update(status=Message.Status.EXPIRED)
 
 
 def printable(text: str) -> str:
@@ -250,6 +268,7 @@ def envelope_of(row: Message) -> Envelope:
         qos=QoS(row.qos),
         created_at=row.created_at.timestamp(),
         not_before=row.available_at.timestamp() if row.available_at else None,
+        expires=row.expires_at.timestamp() if row.expires_at else None,
         traceparent=(row.headers or {}).get("traceparent"),
         workflow=(row.headers or {}).get("workflow"),
     )

@@ -20,8 +20,14 @@ class InboxBusy(Exception):
     """Another copy of this delivery is being handled right now (it holds the inbox lock)."""
 
 
-def inbox_claim(message_id: str, handler: str, context: str, started: dt.datetime) -> Delivery:
-    """In the handler's transaction: lock this (message, handler) or raise InboxBusy; return its record.
+def inbox_claim(message_id: str, handler: str, context: str, started: dt.datetime) -> tuple[Delivery, str | None]:
+    """In the handler's transaction: lock this (message, handler) or raise InboxBusy; return its
+    record and the message's status (None: no row).
+
+    The message row is read FOR KEY SHARE: a revoke (FOR UPDATE) waits for this transaction,
+    and this read waits for a revoke's, so a message is either revoked before its handler
+    starts (the status says so) or handled before the revoke looks (and the revoke refuses).
+    Other handlers' claims and the status updates (FOR NO KEY UPDATE) do not conflict with it.
 
     A new record has the status `running`. The lock is held until
     the transaction ends, so a second copy (a timed-out stray's retry, a redelivery racing
@@ -29,20 +35,24 @@ def inbox_claim(message_id: str, handler: str, context: str, started: dt.datetim
     read of the record in one round trip, and a new record is only written, with its
     outcome, when the handler is done (`inbox_succeeded`).
     """
-    table = connection.ops.quote_name(Delivery._meta.db_table)
+    quote = connection.ops.quote_name
+    table, messages = quote(Delivery._meta.db_table), quote(Message._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_try_advisory_xact_lock(%s), d.id, d.status, d.attempts, d.result, d.attempt_log, "  # noqa: S608
-            f"d.first_started_at, d.context FROM (SELECT 1) AS one LEFT JOIN {table} AS d "
-            "ON d.message_id = %s AND d.handler = %s",
-            [_lock_key(message_id, handler), message_id, handler],
+            f"d.first_started_at, d.context, m.status FROM (SELECT 1) AS one "
+            f"LEFT JOIN LATERAL (SELECT status FROM {messages} WHERE id = %s FOR KEY SHARE) AS m ON true "
+            f"LEFT JOIN {table} AS d ON d.message_id = %s AND d.handler = %s",
+            [_lock_key(message_id, handler), message_id, message_id, handler],
         )
-        locked, pk, status, attempts, result, attempt_log, first_started_at, stored_context = cursor.fetchone()
+        row = cursor.fetchone()
+    locked, pk, status, attempts, result, attempt_log, first_started_at, stored_context, message_status = row
     if not locked:
         raise InboxBusy(f"{handler} is handling {message_id} elsewhere")
     if pk is None:
-        return Delivery(message_id=message_id, handler=handler, context=context, first_started_at=started)
-    return Delivery(
+        fresh = Delivery(message_id=message_id, handler=handler, context=context, first_started_at=started)
+        return fresh, message_status
+    delivery = Delivery(
         id=pk,
         message_id=message_id,
         handler=handler,
@@ -53,6 +63,7 @@ def inbox_claim(message_id: str, handler: str, context: str, started: dt.datetim
         attempt_log=_json(attempt_log),
         first_started_at=first_started_at,
     )
+    return delivery, message_status
 
 
 def inbox_succeeded(delivery: Delivery, attempt: int, started: dt.datetime, finished: dt.datetime, result) -> None:
@@ -65,6 +76,7 @@ def inbox_succeeded(delivery: Delivery, attempt: int, started: dt.datetime, fini
         locked=True,
         stored_type=None,
         stored_payload=None,
+        stored_status=None,
         status=delivery.status,
         result=delivery.result,
         first_started_at=delivery.first_started_at or started,
@@ -92,6 +104,7 @@ class Claim:
     locked: bool
     stored_type: str | None  # None: the message has no row
     stored_payload: object
+    stored_status: str | None  # the message's, read FOR KEY SHARE (see inbox_claim)
     status: str | None  # of the delivery record; None: not stored yet
     result: object
     first_started_at: dt.datetime
@@ -108,9 +121,10 @@ def claim_many(items: list[tuple[str, str, str, dt.datetime]]) -> list[Claim]:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_try_advisory_xact_lock(x.key), m.type, m.payload, d.status, d.result, "  # noqa: S608
-            "d.first_started_at, d.context "
+            "d.first_started_at, d.context, m.status "
             "FROM unnest(%s::int[], %s::text[], %s::text[], %s::bigint[]) AS x(ord, mid, handler, key) "
-            f"LEFT JOIN {messages} AS m ON m.id = x.mid "
+            f"LEFT JOIN LATERAL (SELECT type, payload, status FROM {messages} WHERE id = x.mid FOR KEY SHARE) "
+            "AS m ON true "
             f"LEFT JOIN {deliveries} AS d ON d.message_id = x.mid AND d.handler = x.handler ORDER BY x.ord",
             [
                 list(range(len(items))),
@@ -122,7 +136,7 @@ def claim_many(items: list[tuple[str, str, str, dt.datetime]]) -> list[Claim]:
         rows = cursor.fetchall()
     claims = []
     for (message_id, handler, context, started), row in zip(items, rows, strict=True):
-        locked, stored_type, payload, status, result, first_started_at, stored_context = row
+        locked, stored_type, payload, status, result, first_started_at, stored_context, stored_status = row
         claims.append(
             Claim(
                 message_id=message_id,
@@ -131,6 +145,7 @@ def claim_many(items: list[tuple[str, str, str, dt.datetime]]) -> list[Claim]:
                 locked=bool(locked),
                 stored_type=stored_type,
                 stored_payload=_json(payload),
+                stored_status=stored_status,
                 status=status,
                 result=_json(result),
                 first_started_at=first_started_at or started,
@@ -175,8 +190,10 @@ def succeeded_many(items: list[tuple[Claim, int, dt.datetime, dt.datetime, objec
             "attempts = GREATEST(d.attempts + 1, EXCLUDED.attempts), started_at = EXCLUDED.started_at, "
             "finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms, error = '', "
             "result = EXCLUDED.result, attempt_log = d.attempt_log || EXCLUDED.attempt_log), "
-            # In id order, as mark_published locks them (different orders would deadlock).
-            f"locked AS (SELECT id FROM {messages} WHERE id IN (SELECT message_id FROM v) ORDER BY id FOR UPDATE) "
+            # In id order, as mark_published locks them (different orders would deadlock); NO KEY
+            # UPDATE, as the UPDATE itself, so it does not wait on other handlers' claims (KEY SHARE).
+            f"locked AS (SELECT id FROM {messages} WHERE id IN (SELECT message_id FROM v) ORDER BY id "
+            "FOR NO KEY UPDATE) "
             f"UPDATE {messages} SET status = %s WHERE id IN (SELECT id FROM locked)",
             [
                 msgspec.json.encode(rows).decode(),

@@ -6,6 +6,9 @@ them publishing the same row at once. A row is only taken once it is older than
 RELAY_GRACE (until then the after-commit publish owns it) or, for scheduled
 messages, once it is due. Whatever is published twice anyway (a crash between
 publish and commit) is dropped by JetStream's Nats-Msg-Id de-duplication.
+
+A revoked row is no longer pending, so it is never taken; a row past its `expires`
+is marked expired in the transaction that claimed it, and not published.
 """
 
 import datetime as dt
@@ -47,10 +50,18 @@ def sweep(
     `types`: the wire names this relay may publish (None: any)."""
     now = now or timezone.now()
     with transaction.atomic():
-        claimed = due_rows(now, types).order_by("id").select_for_update(skip_locked=True)
-        rows = list(claimed[: batch or catga_settings.RELAY_BATCH])
-        if not rows:
-            return 0
+        while True:
+            claimed = due_rows(now, types).order_by("id").select_for_update(skip_locked=True)
+            rows = list(claimed[: batch or catga_settings.RELAY_BATCH])
+            if not rows:
+                return 0
+            expired = {row.id for row in rows if row.expires_at is not None and row.expires_at <= now}
+            if not expired:
+                break
+            Message.objects.filter(pk__in=expired).update(status=Message.Status.EXPIRED)
+            rows = [row for row in rows if row.id not in expired]
+            if rows:
+                break  # else the next rows: expired ones are no longer pending
         acked = publish([history.outgoing_of(row) for row in rows])
         Message.objects.filter(pk__in=[row.id for row in rows]).update(publish_attempts=F("publish_attempts") + 1)
         if acked:

@@ -1,6 +1,6 @@
 """`manage.py prune_messages`: keep the history table bounded.
 
-Deletes finished messages (handled, or published with nobody to handle them)
+Deletes finished messages (handled, revoked, expired, or published with nobody to handle them)
 older than the retention, with their deliveries, one batch per transaction, so a
 big prune never holds a long lock or builds a giant transaction. A conversation
 that still has a pending, retrying or dead message is kept whole: a dead letter
@@ -16,7 +16,7 @@ from django.utils import timezone
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.models import Delivery, Message
 
-FINISHED = [Message.Status.HANDLED, Message.Status.PUBLISHED]
+FINISHED = [Message.Status.HANDLED, Message.Status.PUBLISHED, Message.Status.REVOKED, Message.Status.EXPIRED]
 UNRESOLVED = [Message.Status.PENDING, Message.Status.FAILED, Message.Status.DEAD]
 
 
