@@ -6,6 +6,7 @@ redelivery is acknowledged without running the handler again) and the audit trai
 """
 
 from django.db import models
+from django.utils import timezone
 
 
 class Message(models.Model):
@@ -171,3 +172,41 @@ class Workflow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.id} {self.status}"
+
+
+class WorkerHeartbeat(models.Model):
+    """One row per running `manage.py run_consumer` process, upserted on every heartbeat.
+
+    A row is live while its last beat is within 3 of its own intervals (each worker records
+    the interval it beats at); a worker that died without a clean shutdown leaves a stale
+    row, shown as gone and deleted by any worker's beat after 10 intervals.
+    """
+
+    id = models.CharField(primary_key=True, max_length=300, editable=False)  # host:pid:started ulid
+    host = models.CharField(max_length=255)  # socket.gethostname(): the pod's name in Kubernetes
+    pid = models.PositiveIntegerField()
+    contexts = models.JSONField(default=list)
+    concurrency = models.PositiveIntegerField()
+    interval = models.FloatField()  # seconds between this worker's beats (CATGA["WORKER_HEARTBEAT"])
+    started_at = models.DateTimeField()
+    last_beat_at = models.DateTimeField(db_index=True)
+    handled = models.PositiveBigIntegerField(default=0)
+    in_flight = models.PositiveIntegerField(default=0)
+    handling = models.JSONField(default=list)  # [{"type", "id"}] of what is in flight, at most 20
+    throughput = models.FloatField(default=0.0)  # messages/s over the last interval
+
+    LIVE_INTERVALS = 3
+    PRUNE_INTERVALS = 10
+
+    class Meta:
+        verbose_name = "worker"
+        ordering = ["host", "pid"]
+        default_permissions = ("view",)  # written by the workers only
+
+    def __str__(self) -> str:
+        return f"{self.host} pid {self.pid}"
+
+    @property
+    def live(self) -> bool:
+        age = (timezone.now() - self.last_beat_at).total_seconds()
+        return age <= self.LIVE_INTERVALS * self.interval

@@ -6,7 +6,7 @@ are free handler slots, and settles each `Delivery` (ack, retry after a delay, o
 dead with the reason). It knows no broker: the transport named in CATGA["TRANSPORT"]
 opens the subscriptions. The handlers run in a thread pool, because they use the
 ORM and the ORM must never run on the event loop. The same loop runs the outbox
-relay and the health/metrics port.
+relay, the health/metrics port and the heartbeat (its row in the workers view).
 """
 
 import asyncio
@@ -21,6 +21,7 @@ from django.db import close_old_connections, reset_queries
 
 from apps.mediator.consumer.handler_pool import HandlerPool
 from apps.mediator.consumer.health import HealthServer
+from apps.mediator.consumer.heartbeat import Heartbeat
 from apps.mediator.core import roles
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.core.envelope import H_TYPE, Envelope
@@ -113,6 +114,7 @@ class Worker:
         self.subscriptions = list(self.receiver.subscriptions)
         await self.receiver.listen_at_most_once(self._on_once)
         self.state.bound = True
+        self.heartbeat = Heartbeat(self, self._sync)
         logger.info(
             "consuming %s with %d handler slots", ", ".join(s.name for s in self.subscriptions), self.concurrency
         )
@@ -129,6 +131,7 @@ class Worker:
                 self.loop.add_signal_handler(sig, self.request_stop)
         fetchers = [asyncio.create_task(self._fetch_loop(sub)) for sub in self.subscriptions]
         fetchers.append(asyncio.create_task(self._stats_loop()))  # stopped with the fetchers
+        fetchers.append(asyncio.create_task(self.heartbeat.loop()))
         relay = asyncio.create_task(self._relay_loop()) if self.relay else None
         await self.stop_event.wait()
         await self._shutdown(fetchers, relay, health)
@@ -156,6 +159,7 @@ class Worker:
                         with contextlib.suppress(Exception):
                             await delivery.release()
         await self.receiver.close()
+        await self.heartbeat.forget()
         if health is not None:
             await health.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -293,6 +297,10 @@ class Worker:
             await delivery.touch()
             if job.started is not None:  # running within its timeout is progress; queued behind a stuck thread is not
                 self.state.last_progress = time.monotonic()
+
+    def _sync(self, func, *args):
+        """Run ORM work that is not a handler's in a thread of the loop's default executor."""
+        return self.loop.run_in_executor(None, _in_thread, func, args, {})
 
     async def _run(self, func, *args, **kwargs) -> Outcome:
         return await self.pool.submit(func, *args, **kwargs).future

@@ -81,6 +81,9 @@ OUTAGE_RETRY_MAX    Cap in seconds of the delay between retries of a delivery th
 LIVENESS_WINDOW     Seconds without progress (a fetch returning, a handler heartbeat) before
                     run_consumer's /health/live fails and Kubernetes restarts it.
 METRICS_INTERVAL    Seconds between run_consumer's readings of JetStream lag and outbox backlog.
+WORKER_HEARTBEAT    Seconds between run_consumer's heartbeats: its row in the workers view (admin
+                    "Workers", `manage.py catga_inspect`). A worker is live while its last beat is
+                    within 3 intervals; rows silent for 10 are deleted. 0: no heartbeat rows.
 TRACING             Record OpenTelemetry spans (needs TRACE_OTLP or TRACE_FILE to send them).
 TRACE_OTLP          Export spans over OTLP/HTTP (configured by the OTEL_EXPORTER_OTLP_* variables).
 TRACE_FILE          Also write finished spans as JSON lines to this file (debugging, tests).
@@ -139,6 +142,7 @@ DEFAULTS = {
     "OUTAGE_RETRY_MAX": 5.0,
     "LIVENESS_WINDOW": 30.0,
     "METRICS_INTERVAL": 15.0,
+    "WORKER_HEARTBEAT": 10.0,
     "TRACING": False,
     "TRACE_OTLP": False,
     "TRACE_FILE": "",
