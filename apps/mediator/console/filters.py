@@ -11,7 +11,7 @@ from django.contrib import admin
 from django.utils.translation import gettext_lazy as _
 
 from apps.mediator.core.conf import catga_settings
-from apps.mediator.core.messages import _TYPES, Kind
+from apps.mediator.core.messages import _TYPES, Kind, contexts_known
 
 
 class _ExactFilter(admin.SimpleListFilter):
@@ -35,8 +35,7 @@ class ContextFilter(_ExactFilter):
     parameter_name = "context"
 
     def lookups(self, request, model_admin):
-        contexts = set(catga_settings.CONTEXTS) | {t.options.context for t in _TYPES.values()}
-        return [(name, name) for name in sorted(contexts)]
+        return [(name, name) for name in sorted(contexts_known(catga_settings.CONTEXTS))]
 
 
 class TypeFilter(_ExactFilter):

@@ -111,6 +111,11 @@ def message_type(wire_name: str) -> type[Message] | None:
     return _TYPES.get(wire_name)
 
 
+def contexts_known(configured=()) -> set[str]:
+    """Every context a message type names, and the `configured` ones (CATGA["CONTEXTS"])."""
+    return set(configured) | {t.options.context for t in _TYPES.values()}
+
+
 def subject_for(cls: type[Message], prefix: str = "catga") -> str:
     opts = cls.options
     return f"{prefix}.{opts.context}.{SUBJECT_SEGMENT[cls.kind]}.{opts.name}"

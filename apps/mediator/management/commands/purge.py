@@ -5,7 +5,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.mediator.core.conf import catga_settings
-from apps.mediator.core.messages import _TYPES, message_type
+from apps.mediator.core.messages import contexts_known, message_type
 from apps.mediator.storage import revoke
 
 
@@ -23,7 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
 
     def handle(self, *args, context, type_, reason, actor, yes, **options):
-        contexts = set(catga_settings.CONTEXTS) | {t.options.context for t in _TYPES.values()}
+        contexts = contexts_known(catga_settings.CONTEXTS)
         if context not in contexts:
             raise CommandError(f"--context {context!r} is not a context here (one of: {', '.join(sorted(contexts))})")
         if type_ is not None:
