@@ -6,8 +6,8 @@ mediator comes from, so its replays and dashboard use the process's transport.
 """
 
 from apps.mediator import runtime
-from apps.mediator.console import dead_letters, extensions, history, sagas, tokens, workers
+from apps.mediator.console import dead_letters, extensions, history, sagas, schedules, tokens, workers
 
 extensions.use_mediator(lambda: runtime.get_mediator())  # looked up per call: tests swap it
 
-__all__ = ["dead_letters", "history", "sagas", "tokens", "workers"]
+__all__ = ["dead_letters", "history", "sagas", "schedules", "tokens", "workers"]

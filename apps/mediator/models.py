@@ -210,3 +210,40 @@ class WorkerHeartbeat(models.Model):
     def live(self) -> bool:
         age = (timezone.now() - self.last_beat_at).total_seconds()
         return age <= self.LIVE_INTERVALS * self.interval
+
+
+class Schedule(models.Model):
+    """A periodic message (django-celery-beat's PeriodicTask): declared in CATGA["SCHEDULES"]
+    or added in the admin, fired by whichever run_consumer claims it when due (storage/schedules.py).
+
+    Either `every` (seconds, ticks anchored on the first) or `cron` (five fields, in
+    `timezone`). The target is a command (`message_type` + `payload`) or, for the
+    framework's own upkeep (prune_messages), a maintenance `call` by dotted path.
+    """
+
+    name = models.CharField(primary_key=True, max_length=200)
+    message_type = models.CharField(max_length=200, blank=True, default="", help_text="wire name of the command")
+    payload = models.JSONField(default=dict, blank=True)
+    call = models.CharField(max_length=300, blank=True, default="", help_text="dotted path of a maintenance call")
+    every = models.FloatField(null=True, blank=True, help_text="seconds between ticks")
+    cron = models.CharField(max_length=120, blank=True, default="", help_text='e.g. "30 3 * * *"')
+    timezone = models.CharField(max_length=64, default="UTC")
+    enabled = models.BooleanField(default=True)
+    next_run_at = models.DateTimeField()
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_message_id = models.CharField(max_length=26, blank=True, default="")
+    total_runs = models.PositiveBigIntegerField(default=0)
+    skipped_runs = models.PositiveBigIntegerField(default=0)  # missed ticks older than SCHEDULE_CATCHUP
+    # Hash of the definition in code: a declared schedule is updated when its code changes,
+    # and keeps what the admin edited while it does not.
+    declared = models.CharField(max_length=64, blank=True, default="", editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [
+            models.Index(fields=["next_run_at"], name="schedule_due", condition=models.Q(enabled=True)),
+        ]
+
+    def __str__(self) -> str:
+        return self.name

@@ -31,7 +31,7 @@ from apps.mediator.core.ports import Delivery, Subscription, Transport
 from apps.mediator.delivery.dispatcher import Dispatcher
 from apps.mediator.delivery.outcome import ACK, DEAD, RETRY, Outcome
 from apps.mediator.observability import metrics
-from apps.mediator.storage import outage, outbox
+from apps.mediator.storage import outage, outbox, schedules
 
 logger = logging.getLogger("catga.worker")
 
@@ -132,6 +132,8 @@ class Worker:
         fetchers = [asyncio.create_task(self._fetch_loop(sub)) for sub in self.subscriptions]
         fetchers.append(asyncio.create_task(self._stats_loop()))  # stopped with the fetchers
         fetchers.append(asyncio.create_task(self.heartbeat.loop()))
+        if self.relay:  # the replicas' upkeep: the outbox relay and the schedules' clock
+            fetchers.append(asyncio.create_task(self._schedule_loop()))
         relay = asyncio.create_task(self._relay_loop()) if self.relay else None
         await self.stop_event.wait()
         await self._shutdown(fetchers, relay, health)
@@ -329,6 +331,24 @@ class Worker:
                 raise
             except Exception:
                 logger.warning("outbox relay sweep failed", exc_info=True)
+            await asyncio.sleep(interval)
+
+    async def _schedule_loop(self) -> None:
+        """Fire the due ticks of the periodic schedules this replica can claim (storage/schedules.py)."""
+        interval = min(catga_settings.RELAY_INTERVAL, 1.0)
+        synced = False
+        while True:
+            try:
+                if not synced:
+                    await self._sync(schedules.sync_declared)
+                    synced = True
+                fired = await self._sync(functools.partial(schedules.fire_due, self.dispatcher.mediator.post))
+                if fired:
+                    logger.info("schedules fired %d tick(s)", fired)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database away: the ticks wait in the table, nothing is lost
+                logger.warning("schedule sweep failed", exc_info=True)
             await asyncio.sleep(interval)
 
     async def _stats_loop(self) -> None:

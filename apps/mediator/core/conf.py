@@ -84,6 +84,14 @@ METRICS_INTERVAL    Seconds between run_consumer's readings of JetStream lag and
 WORKER_HEARTBEAT    Seconds between run_consumer's heartbeats: its row in the workers view (admin
                     "Workers", `manage.py catga_inspect`). A worker is live while its last beat is
                     within 3 intervals; rows silent for 10 are deleted. 0: no heartbeat rows.
+SCHEDULES           Periodic commands, by name (storage/schedules.py; editable in the admin):
+                    {"name": {"message": "<wire name>", "payload": {...}, "every": seconds}}
+                    or "cron": "30 3 * * *" with "timezone": "Europe/Paris"; "enabled": False.
+                    Fired once per tick by whichever run_consumer claims it; no beat process.
+SCHEDULE_CATCHUP    Seconds back a schedule fires the ticks it missed while no consumer ran;
+                    older misses collapse into one run.
+PRUNE_SCHEDULE      Cron (UTC) of the daily `prune_messages` with HISTORY_RETENTION_DAYS ("" off):
+                    the schedule "catga.prune-messages", so no CronJob is needed.
 TRACING             Record OpenTelemetry spans (needs TRACE_OTLP or TRACE_FILE to send them).
 TRACE_OTLP          Export spans over OTLP/HTTP (configured by the OTEL_EXPORTER_OTLP_* variables).
 TRACE_FILE          Also write finished spans as JSON lines to this file (debugging, tests).
@@ -143,6 +151,9 @@ DEFAULTS = {
     "LIVENESS_WINDOW": 30.0,
     "METRICS_INTERVAL": 15.0,
     "WORKER_HEARTBEAT": 10.0,
+    "SCHEDULES": {},
+    "SCHEDULE_CATCHUP": 60.0,
+    "PRUNE_SCHEDULE": "30 3 * * *",
     "TRACING": False,
     "TRACE_OTLP": False,
     "TRACE_FILE": "",

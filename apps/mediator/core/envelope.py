@@ -65,8 +65,9 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
         traceparent: str | None = None,
         correlation_id: str | None = None,
         workflow: str | None = None,
+        message_id: str | None = None,
     ) -> "Envelope":
-        message_id = new_id()
+        message_id = message_id or new_id()
         return cls(
             id=message_id,
             type=message.options.wire_name,

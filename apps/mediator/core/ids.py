@@ -5,6 +5,7 @@ Crockford base32 (26 characters), so ids sort lexically in creation order and a
 database index on them is append-mostly.
 """
 
+import hashlib
 import os
 import threading
 import time
@@ -38,9 +39,7 @@ def _random80() -> int:
     return int.from_bytes(buffer[offset : offset + 10], "big")
 
 
-def new_id(now_ms: int | None = None) -> str:
-    ms = int(time.time() * 1000) if now_ms is None else now_ms
-    value = (ms << 80) | _random80()
+def _encode(value: int) -> str:
     pairs = []
     for _ in range(13):
         pairs.append(_PAIRS[value & 1023])
@@ -48,8 +47,22 @@ def new_id(now_ms: int | None = None) -> str:
     return "".join(reversed(pairs))
 
 
+def new_id(now_ms: int | None = None) -> str:
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return _encode((ms << 80) | _random80())
+
+
 def id_timestamp_ms(message_id: str) -> int:
     value = 0
     for char in message_id[:10]:
         value = (value << 5) | _ALPHABET.index(char)
     return value
+
+
+def stable_id(now_ms: int, key: str) -> str:
+    """The same id for the same (moment, key): a schedule's tick, whichever replica fires it.
+
+    The ULID layout is kept (sortable by `now_ms`); the 80 random bits become a hash of the key.
+    """
+    digest = int.from_bytes(hashlib.sha256(f"{now_ms}:{key}".encode()).digest()[:10], "big")
+    return _encode((now_ms << 80) | digest)

@@ -179,15 +179,21 @@ class Mediator:
         expires: float | None = None,
         workflow: str | None = None,
         correlation_id: str | None = None,
+        message_id: str | None = None,
     ) -> Handle:
         """Store `message` in the outbox of the caller's transaction and hand it over after commit.
 
         `send` and `publish` are this with their checks; orchestration names the workflow
-        member or the conversation a message belongs to.
+        member or the conversation a message belongs to; a schedule gives its tick's id.
         """
         codec.validated(message)
         envelope = self._envelope(
-            message, not_before, expires=expires, workflow=workflow, correlation_id=correlation_id
+            message,
+            not_before,
+            expires=expires,
+            workflow=workflow,
+            correlation_id=correlation_id,
+            message_id=message_id,
         )
         envelope = tracing.stamp(envelope)  # a send span, its trace context in the envelope
         body = codec.encode(message)

@@ -2,11 +2,13 @@
 
 import asyncio
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.mediator.consumer.worker import Worker
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.runtime import get_mediator, get_registry
+from apps.mediator.storage import schedules
 
 
 class Command(BaseCommand):
@@ -43,6 +45,11 @@ class Command(BaseCommand):
             raise CommandError("--concurrency must be at least 1")
         if health_port is not None and not 0 <= health_port <= 65535:
             raise CommandError("--health-port must be between 0 and 65535")
+        if not no_relay:
+            try:  # a bad CATGA["SCHEDULES"] entry stops the start, named, not every tick later
+                schedules.check_declared()
+            except ImproperlyConfigured as exc:
+                raise CommandError(str(exc)) from exc
         # The process-wide mediator's transport, so handlers' sends share the worker's connection.
         mediator = get_mediator()
         worker = Worker(
