@@ -27,6 +27,7 @@ in the file. A file that is missing, not JSON, or has an unknown key or a value 
 wrong type stops start-up with ImproperlyConfigured naming the file and the key.
 """
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -178,6 +179,16 @@ def behaviors(config: ConfigFile, defaults: list[str]) -> list[str] | None:
     return [path for path in defaults if path not in off] if off else None
 
 
+def _json(name: str, raw: str, kind: type):
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} is not valid JSON: {exc}") from exc
+    if not isinstance(value, kind):
+        raise ImproperlyConfigured(f"{name} must be a JSON {'object' if kind is dict else 'array'}")
+    return value
+
+
 def catga_overrides(config: ConfigFile, argv: list[str], *, testing: bool) -> dict:
     """settings.CATGA: only what the environment or the file sets; the defaults live in apps/mediator/core/conf.py.
 
@@ -191,7 +202,10 @@ def catga_overrides(config: ConfigFile, argv: list[str], *, testing: bool) -> di
     for key, default in DEFAULTS.items():
         name = f"CATGA_{key}"
         raw = os.environ.get(name)
-        if raw is None or isinstance(default, dict | list):
+        if raw is None:
+            continue
+        if isinstance(default, dict | list):  # CATGA_SCHEDULES, CATGA_RATE_LIMITS...: JSON
+            overrides[key] = _json(name, raw, type(default))
             continue
         overrides[key] = _cast(name, raw, default)
     transport = os.environ.get("CATGA_TRANSPORT") or ("memory" if testing else "nats")

@@ -247,3 +247,30 @@ class Schedule(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class RateLimit(models.Model):
+    """One rate-limited message type's schedule of start slots (storage/rate_limits.py)."""
+
+    key = models.CharField(primary_key=True, max_length=200)
+    next_slot_at = models.DateTimeField()  # the earliest start still free
+
+    class Meta:
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class RateReservation(models.Model):
+    """A start slot taken by a message that has to wait for it (redelivered at `slot_at`)."""
+
+    message_id = models.CharField(primary_key=True, max_length=26)
+    key = models.CharField(max_length=200)
+    slot_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.message_id}"

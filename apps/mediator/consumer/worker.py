@@ -22,6 +22,7 @@ from django.db import close_old_connections, reset_queries
 from apps.mediator.consumer.handler_pool import HandlerPool
 from apps.mediator.consumer.health import HealthServer
 from apps.mediator.consumer.heartbeat import Heartbeat
+from apps.mediator.consumer.limiter import Limiter
 from apps.mediator.core import roles
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.core.envelope import H_TYPE, Envelope
@@ -98,6 +99,7 @@ class Worker:
         self.stop_event: asyncio.Event | None = None
         self._tasks: set[asyncio.Task] = set()
         self._messages: dict[asyncio.Task, object] = {}
+        self.limiter = Limiter()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -254,7 +256,12 @@ class Worker:
             except Exception as exc:  # UndecodableMessage, or whatever else hostile headers raise
                 outcome = await self._run(self.dispatcher.unhandled, _stand_in(delivery), delivery.body, exc)
             else:
-                outcome, stray = await self._handle_watched(sub, delivery, envelope)
+                wait = await self.limiter.wait(envelope, self._sync, self.state)
+                if wait:  # over its type's limit: back to the broker until its turn, no attempt spent
+                    await delivery.retry(wait)
+                    return
+                with self.limiter.running(envelope.type):
+                    outcome, stray = await self._handle_watched(sub, delivery, envelope)
             self.state.database = not outcome.outage
             await self._settle(sub, delivery, outcome)
             self.state.handled += 1

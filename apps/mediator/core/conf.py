@@ -84,6 +84,12 @@ METRICS_INTERVAL    Seconds between run_consumer's readings of JetStream lag and
 WORKER_HEARTBEAT    Seconds between run_consumer's heartbeats: its row in the workers view (admin
                     "Workers", `manage.py catga_inspect`). A worker is live while its last beat is
                     within 3 intervals; rows silent for 10 are deleted. 0: no heartbeat rows.
+RATE_LIMITS         {wire name: "10/s"}: starts per second (or /m, /h) of a type across every
+                    replica, held by a PostgreSQL token schedule (storage/rate_limits.py); a
+                    message over it is redelivered at its turn, spending no attempt. Wins over
+                    the type's Meta.rate_limit.
+CONCURRENCY_LIMITS  {wire name: N}: most handlers of a type at once in one run_consumer (over it:
+                    redelivered shortly, no attempt spent). Wins over Meta.concurrency.
 SCHEDULES           Periodic commands, by name (storage/schedules.py; editable in the admin):
                     {"name": {"message": "<wire name>", "payload": {...}, "every": seconds}}
                     or "cron": "30 3 * * *" with "timezone": "Europe/Paris"; "enabled": False.
@@ -151,6 +157,8 @@ DEFAULTS = {
     "LIVENESS_WINDOW": 30.0,
     "METRICS_INTERVAL": 15.0,
     "WORKER_HEARTBEAT": 10.0,
+    "RATE_LIMITS": {},
+    "CONCURRENCY_LIMITS": {},
     "SCHEDULES": {},
     "SCHEDULE_CATCHUP": 60.0,
     "PRUNE_SCHEDULE": "30 3 * * *",

@@ -46,6 +46,10 @@ class MessageOptions(msgspec.Struct, frozen=True):
     # Its handler acts outside the database (a payment provider): it always holds the
     # inbox claim, history on or off, so a timed-out run and its retry never overlap.
     external_effects: bool = False
+    # Celery's rate_limit, held across every replica: "10/s", "600/m", "100/h" (core/limits.py).
+    rate_limit: str | None = None
+    # Most handlers of this type running at once in one run_consumer process.
+    concurrency: int | None = None
 
     @property
     def wire_name(self) -> str:
@@ -84,6 +88,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
             max_attempts=getattr(meta, "max_attempts", None),
             timeout=getattr(meta, "timeout", None),
             external_effects=getattr(meta, "external_effects", False),
+            rate_limit=getattr(meta, "rate_limit", None),
+            concurrency=getattr(meta, "concurrency", None),
         )
         wire_name = cls.options.wire_name
         previous = _TYPES.get(wire_name)

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.models import Delivery, Message
+from apps.mediator.storage import rate_limits
 
 logger = logging.getLogger("catga.retention")
 
@@ -57,6 +58,7 @@ def delete_batch(ids: list[str]) -> tuple[int, int]:
 
 
 def prune(days: int, *, batch_size: int = 1000, on_batch=None) -> Pruned:
+    rate_limits.forget_stale()  # slots reserved by messages that were handled elsewhere
     result = Pruned(cutoff_for(days))
     result.dead_kept = dead_kept(result.cutoff)
     candidates = prunable(result.cutoff)

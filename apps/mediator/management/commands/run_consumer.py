@@ -6,6 +6,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.mediator.consumer.worker import Worker
+from apps.mediator.core import limits
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.runtime import get_mediator, get_registry
 from apps.mediator.storage import schedules
@@ -45,6 +46,9 @@ class Command(BaseCommand):
             raise CommandError("--concurrency must be at least 1")
         if health_port is not None and not 0 <= health_port <= 65535:
             raise CommandError("--health-port must be between 0 and 65535")
+        problems = limits.check()
+        if problems:
+            raise CommandError("; ".join(problems))
         if not no_relay:
             try:  # a bad CATGA["SCHEDULES"] entry stops the start, named, not every tick later
                 schedules.check_declared()
