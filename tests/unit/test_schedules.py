@@ -9,7 +9,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from apps.inventory.contracts import ReleaseStock
 from apps.mediator import runtime
 from apps.mediator.core import cron, ids
 from apps.mediator.models import Message, Schedule

@@ -1,4 +1,8 @@
-"""The worker's side of the per-type limits (core/limits.py): may this delivery start now?
+"""The worker's side of per-type routing and limits (core/routing.py, core/limits.py):
+may this delivery start now?
+
+A routed type seen on its context's default command consumer is not this consumer's: it
+is acknowledged unhandled (its own queue's consumer has it too).
 
 The concurrency cap counts this process's running handlers of a type; the rate limit asks
 PostgreSQL for a start slot shared by every replica (storage/rate_limits.py). Either way
@@ -10,7 +14,7 @@ import collections
 import contextlib
 import logging
 
-from apps.mediator.core import limits
+from apps.mediator.core import limits, routing
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.core.envelope import Envelope
 from apps.mediator.storage import outage, rate_limits
@@ -32,8 +36,10 @@ class Limiter:
         finally:
             self._running[wire_name] -= 1
 
-    async def wait(self, envelope: Envelope, sync, state) -> float:
-        """Seconds this delivery must wait for its type's limits; 0: start it now."""
+    async def wait(self, sub, envelope: Envelope, sync, state) -> float | None:
+        """Seconds this delivery must wait for its type's limits; 0: start it now; None: not ours."""
+        if routing.queue_for(envelope.type) != getattr(sub, "queue", routing.DEFAULT):
+            return None
         cap = limits.concurrency_for(envelope.type)
         if cap is not None and self._running[envelope.type] >= cap:
             return CAP_WAIT

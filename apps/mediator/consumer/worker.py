@@ -23,7 +23,7 @@ from apps.mediator.consumer.handler_pool import HandlerPool
 from apps.mediator.consumer.health import HealthServer
 from apps.mediator.consumer.heartbeat import Heartbeat
 from apps.mediator.consumer.limiter import Limiter
-from apps.mediator.core import roles
+from apps.mediator.core import roles, routing
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.core.envelope import H_TYPE, Envelope
 from apps.mediator.core.ids import new_id
@@ -87,6 +87,7 @@ class Worker:
         concurrency: int,
         health_port: int | None = None,
         relay: bool = True,
+        queues: list[str] | None = None,
     ):
         self.dispatcher = dispatcher
         self.transport = transport
@@ -94,6 +95,7 @@ class Worker:
         self.concurrency = concurrency
         self.health_port = health_port
         self.relay = relay
+        self.queues = queues  # None: every queue of the contexts
         self.state = WorkerState()
         self._rate_at, self._done_at, self._recent = time.monotonic(), 0, 0  # for _in_flight_limit
         self.stop_event: asyncio.Event | None = None
@@ -113,7 +115,13 @@ class Worker:
         self.slots = Slots(self.concurrency * catga_settings.PREFETCH_MULTIPLIER)
         self.receiver = await self.transport.open_receiver(self.contexts, f"catga-worker-{'+'.join(self.contexts)}")
         self.state.connected = True
-        self.subscriptions = list(self.receiver.subscriptions)
+        self.subscriptions = [
+            s
+            for s in self.receiver.subscriptions
+            if self.queues is None or getattr(s, "queue", routing.DEFAULT) in self.queues
+        ]
+        if not self.subscriptions:
+            raise ConnectionError(f"no queue {', '.join(self.queues or ())} in {', '.join(self.contexts)}")
         await self.receiver.listen_at_most_once(self._on_once)
         self.state.bound = True
         self.heartbeat = Heartbeat(self, self._sync)
@@ -256,7 +264,10 @@ class Worker:
             except Exception as exc:  # UndecodableMessage, or whatever else hostile headers raise
                 outcome = await self._run(self.dispatcher.unhandled, _stand_in(delivery), delivery.body, exc)
             else:
-                wait = await self.limiter.wait(envelope, self._sync, self.state)
+                wait = await self.limiter.wait(sub, envelope, self._sync, self.state)
+                if wait is None:  # a routed type on the default consumer: its own queue handles it
+                    await delivery.ack()
+                    return
                 if wait:  # over its type's limit: back to the broker until its turn, no attempt spent
                     await delivery.retry(wait)
                     return

@@ -84,6 +84,9 @@ METRICS_INTERVAL    Seconds between run_consumer's readings of JetStream lag and
 WORKER_HEARTBEAT    Seconds between run_consumer's heartbeats: its row in the workers view (admin
                     "Workers", `manage.py catga_inspect`). A worker is live while its last beat is
                     within 3 intervals; rows silent for 10 are deleted. 0: no heartbeat rows.
+ROUTES              {wire name: queue}: a type's own durable consumer (`<context>_cmd_<queue>`),
+                    consumed by `run_consumer --queue <queue>` (core/routing.py, task_routes).
+                    Wins over the type's Meta.queue.
 RATE_LIMITS         {wire name: "10/s"}: starts per second (or /m, /h) of a type across every
                     replica, held by a PostgreSQL token schedule (storage/rate_limits.py); a
                     message over it is redelivered at its turn, spending no attempt. Wins over
@@ -157,6 +160,7 @@ DEFAULTS = {
     "LIVENESS_WINDOW": 30.0,
     "METRICS_INTERVAL": 15.0,
     "WORKER_HEARTBEAT": 10.0,
+    "ROUTES": {},
     "RATE_LIMITS": {},
     "CONCURRENCY_LIMITS": {},
     "SCHEDULES": {},

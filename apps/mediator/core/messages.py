@@ -50,6 +50,8 @@ class MessageOptions(msgspec.Struct, frozen=True):
     rate_limit: str | None = None
     # Most handlers of this type running at once in one run_consumer process.
     concurrency: int | None = None
+    # A durable consumer of its own (core/routing.py): `run_consumer --queue <name>`.
+    queue: str | None = None
 
     @property
     def wire_name(self) -> str:
@@ -90,6 +92,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
             external_effects=getattr(meta, "external_effects", False),
             rate_limit=getattr(meta, "rate_limit", None),
             concurrency=getattr(meta, "concurrency", None),
+            queue=getattr(meta, "queue", None),
         )
         wire_name = cls.options.wire_name
         previous = _TYPES.get(wire_name)

@@ -110,6 +110,8 @@ class Subscription(Protocol):
 
     name: str  # the durable's name, e.g. "orders_cmd"
     context: str
+    # Its queue (core/routing.py); a transport without queues may leave it out ("default").
+    # queue: str
 
     async def fetch(self, most: int, timeout: float, spawn: Callable[[list[Delivery]], None]) -> None:
         """Hand up to `most` deliveries to `spawn` as they arrive, waiting at most `timeout` for the first."""

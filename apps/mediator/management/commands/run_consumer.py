@@ -6,7 +6,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.mediator.consumer.worker import Worker
-from apps.mediator.core import limits
+from apps.mediator.core import limits, routing
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.runtime import get_mediator, get_registry
 from apps.mediator.storage import schedules
@@ -32,9 +32,17 @@ class Command(BaseCommand):
         parser.add_argument(
             "--health-port", type=int, default=None, help="Serve /health/live, /health/ready and /metrics on this port."
         )
+        parser.add_argument(
+            "--queue",
+            action="append",
+            dest="queues",
+            metavar="NAME",
+            help="Consume only this queue (CATGA['ROUTES'], Meta.queue; 'default' for the rest); repeat for "
+            "several. Default: every queue of the contexts.",
+        )
         parser.add_argument("--no-relay", action="store_true", help="Do not run the outbox relay in this process.")
 
-    def handle(self, *args, contexts, concurrency, health_port, no_relay, **options):
+    def handle(self, *args, contexts, concurrency, health_port, no_relay, queues=None, **options):
         registry = get_registry()
         known = list(registry.contexts)
         contexts = contexts or known
@@ -46,7 +54,7 @@ class Command(BaseCommand):
             raise CommandError("--concurrency must be at least 1")
         if health_port is not None and not 0 <= health_port <= 65535:
             raise CommandError("--health-port must be between 0 and 65535")
-        problems = limits.check()
+        problems = limits.check() + routing.check()
         if problems:
             raise CommandError("; ".join(problems))
         if not no_relay:
@@ -63,6 +71,7 @@ class Command(BaseCommand):
             concurrency=concurrency,
             health_port=health_port,
             relay=not no_relay,
+            queues=queues,
         )
         try:
             asyncio.run(worker.run())

@@ -73,7 +73,7 @@ class NatsDelivery:
 
 class NatsSubscription:
     def __init__(self, durable: topology.Durable, js, sub):
-        self.durable, self.name, self.context = durable, durable.name, durable.context
+        self.durable, self.name, self.context, self.queue = durable, durable.name, durable.context, durable.queue
         self._js, self._sub = js, sub
 
     async def fetch(self, most: int, timeout: float, spawn) -> None:

@@ -29,6 +29,7 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
+from apps.mediator.core import routing
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.core.messages import Kind, subject_for
 from apps.mediator.core.registry import Registry
@@ -60,18 +61,31 @@ class Durable:
     stream: str
     name: str
     subjects: tuple[str, ...]
+    queue: str = routing.DEFAULT
 
 
 def durables(registry: Registry, contexts) -> list[Durable]:
+    """One durable per (context, kind, queue) with something to consume (core/routing.py)."""
     result = []
     for context in contexts:
         types = registry.subscriptions(context)
-        commands = [t for t in types if t.kind is Kind.COMMAND]
-        events = sorted(subject_for(t, prefix()) for t in types if t.kind is Kind.EVENT)
-        if commands:
-            result.append(Durable(context, stream_name("CMD"), f"{context}_cmd", (f"{prefix()}.{context}.cmd.>",)))
-        if events:
-            result.append(Durable(context, stream_name("EVT"), f"{context}_evt", tuple(events)))
+        by_kind: dict[tuple[str, str], list[str]] = {}
+        for t in types:
+            kind = {Kind.COMMAND: "cmd", Kind.EVENT: "evt"}.get(t.kind)
+            if kind is not None:
+                by_kind.setdefault((kind, routing.queue_for(t.options.wire_name)), []).append(subject_for(t, prefix()))
+        for (kind, queue), subjects in sorted(by_kind.items()):
+            if kind == "cmd" and queue == routing.DEFAULT:
+                # The whole subject space, so a command of no known type is dead-lettered;
+                # the worker acknowledges the routed types it sees here unhandled.
+                subjects = [f"{prefix()}.{context}.cmd.>"]
+            stream = stream_name(kind.upper())
+            name = routing.durable_name(context, kind, queue)
+            result.append(Durable(context, stream, name, tuple(sorted(subjects)), queue))
+        if any(kind == "cmd" for kind, _ in by_kind) and (("cmd", routing.DEFAULT) not in by_kind):
+            # Every command routed elsewhere: the default consumer still settles strays.
+            name = routing.durable_name(context, "cmd", routing.DEFAULT)
+            result.append(Durable(context, stream_name("CMD"), name, (f"{prefix()}.{context}.cmd.>",)))
     return result
 
 
