@@ -194,6 +194,11 @@ class WorkerHeartbeat(models.Model):
     in_flight = models.PositiveIntegerField(default=0)
     handling = models.JSONField(default=list)  # [{"type", "id"}] of what is in flight, at most 20
     throughput = models.FloatField(default=0.0)  # messages/s over the last interval
+    queues = models.JSONField(default=list)  # --queue names; [] for every queue
+    # Set by an operator (admin "Drain"): the worker stops fetching at its next beat and
+    # finishes what it holds; it stays up, `paused`, until resumed.
+    drain = models.BooleanField(default=False)
+    paused = models.BooleanField(default=False)  # reported by the worker
 
     LIVE_INTERVALS = 3
     PRUNE_INTERVALS = 10
@@ -202,6 +207,7 @@ class WorkerHeartbeat(models.Model):
         verbose_name = "worker"
         ordering = ["host", "pid"]
         default_permissions = ("view",)  # written by the workers only
+        permissions = [("drain_worker", "Can drain and resume workers")]
 
     def __str__(self) -> str:
         return f"{self.host} pid {self.pid}"

@@ -44,3 +44,36 @@ def test_workers_are_listed_live_then_gone_when_killed_and_removed_when_stopped(
     payments.send_signal(signal.SIGTERM)
     assert payments.wait(timeout=30) == 0
     assert payments.pid not in inspect()
+
+
+def test_a_drained_worker_stops_fetching_stays_up_and_resumes(workers):
+    from django.db import transaction
+
+    from apps.inventory.contracts import ReleaseStock
+    from apps.mediator import runtime
+    from apps.mediator.models import Message
+    from tests.integration.helpers import js_call
+
+    proc = workers.start("inventory", CATGA_WORKER_HEARTBEAT=str(BEAT))
+    row = wait_until(lambda: inspect().get(proc.pid), timeout=15, what="the worker listed")
+    out = io.StringIO()
+    call_command("catga_inspect", "--drain", f"{row['host']}:{proc.pid}", stdout=out)
+    assert "1 worker(s)" in out.getvalue()
+    wait_until(lambda: inspect()[proc.pid]["paused"], timeout=3 * BEAT + 5, what="the worker drained")
+
+    with transaction.atomic():
+        ids = [runtime.get_mediator().send(ReleaseStock(order_id=f"drain-{i}")).message_id for i in range(10)]
+    messages = Message.objects.filter(pk__in=ids)
+
+    async def waiting(nc, js):
+        info = await js.consumer_info("CATGA_CMD", "inventory_cmd")
+        return info.num_pending, info.num_ack_pending
+
+    # Nobody fetched them: all ten wait in the stream, none is held, the worker is still up.
+    wait_until(lambda: js_call(workers.nats_url, waiting) == (10, 0), timeout=15, what="ten waiting")
+    assert proc.poll() is None and inspect()[proc.pid]["live"]
+    assert not messages.filter(status=Message.Status.HANDLED).exists()
+
+    call_command("catga_inspect", "--resume", f"{row['host']}:{proc.pid}", stdout=io.StringIO())
+    wait_until(lambda: messages.filter(status=Message.Status.HANDLED).count() == 10, timeout=30, what="handled")
+    wait_until(lambda: not inspect()[proc.pid]["paused"], timeout=3 * BEAT + 5, what="reported fetching again")

@@ -77,3 +77,24 @@ def test_catga_inspect_prints_the_same_table_for_kubectl_exec():
     lines = {line.split()[0]: line for line in out.getvalue().splitlines() if line.startswith("catga-worker-")}
     assert "yes" in lines["catga-worker-101"] and "1234" in lines["catga-worker-101"]
     assert "GONE" in lines["catga-worker-202"]
+
+
+def test_drain_and_resume_need_their_permission_and_set_the_flag_the_worker_reads(client, staff):
+    from apps.mediator.storage import workers
+
+    row = heartbeat(7, age=1.0)
+    staff.user_permissions.set(Permission.objects.filter(codename="view_workerheartbeat"))
+    client.force_login(staff)
+    page = client.get(WORKERS).content.decode()
+    assert "Drain: stop fetching" not in page  # viewing is not draining
+    client.post(WORKERS, {"action": "drain", "_selected_action": [row.pk]})
+    assert not WorkerHeartbeat.objects.get(pk=row.pk).drain
+
+    staff.user_permissions.add(Permission.objects.get(codename="drain_worker"))
+    assert "Drain: stop fetching" in client.get(WORKERS).content.decode()
+    client.post(WORKERS, {"action": "drain", "_selected_action": [row.pk]})
+    assert WorkerHeartbeat.objects.get(pk=row.pk).drain
+    assert workers.beat(row.pk, {"paused": True}) is True  # what the worker's next beat reads
+    assert "drained" in client.get(WORKERS).content.decode()
+    client.post(WORKERS, {"action": "resume", "_selected_action": [row.pk]})
+    assert workers.beat(row.pk, {"paused": False}) is False

@@ -384,7 +384,7 @@ def liveness_after(subscription, *, observe: float) -> tuple[bool, bool]:
 
     async def scenario():
         from apps.mediator.consumer.handler_pool import HandlerPool
-        from apps.mediator.consumer.worker import Slots
+        from apps.mediator.consumer.slots import Slots
 
         assert isinstance(subscription, Subscription)
         worker = Worker(dispatcher=None, transport=None, contexts=["obslab"], concurrency=2)

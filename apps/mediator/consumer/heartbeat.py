@@ -2,8 +2,9 @@
 
 Every CATGA["WORKER_HEARTBEAT"] seconds the process upserts who it is (host, pid,
 contexts, concurrency), how much it handled, how many messages it holds and which, and
-its throughput over the last interval. The database work runs in a thread; a database
-outage only skips a beat. A clean shutdown deletes the row.
+its throughput over the last interval, and reads back whether an operator asked it to
+drain (stop fetching, finish what it holds, stay up until resumed). The database work runs
+in a thread; a database outage only skips a beat. A clean shutdown deletes the row.
 """
 
 import asyncio
@@ -52,6 +53,8 @@ class Heartbeat:
             "in_flight": state.in_flight,
             "handling": handling,
             "throughput": throughput,
+            "queues": list(self.worker.queues or ()),
+            "paused": self.worker.state.paused,
         }
 
     async def loop(self) -> None:
@@ -60,7 +63,8 @@ class Heartbeat:
             return  # 0: no heartbeat rows
         while True:
             try:
-                await self.run_sync(workers.beat, self.id, self.fields())
+                drain = await self.run_sync(workers.beat, self.id, self.fields())
+                self.worker.pause(drain)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database away: skip this beat, try at the next

@@ -23,6 +23,7 @@ from apps.mediator.consumer.handler_pool import HandlerPool
 from apps.mediator.consumer.health import HealthServer
 from apps.mediator.consumer.heartbeat import Heartbeat
 from apps.mediator.consumer.limiter import Limiter
+from apps.mediator.consumer.slots import Slots
 from apps.mediator.core import roles, routing
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.core.envelope import H_TYPE, Envelope
@@ -46,35 +47,7 @@ class WorkerState:
     in_flight: int = 0
     handled: int = 0
     database: bool = True  # the last delivery or reading reached the database (readiness)
-
-
-class Slots:
-    """Free handler slots shared by every subscription of the process."""
-
-    def __init__(self, size: int):
-        self.size = self.free = size
-        self._changed = asyncio.Condition()
-
-    async def resize(self, size: int) -> None:
-        """More or fewer slots from now on (taken ones come back as they are given)."""
-        if size != self.size:
-            async with self._changed:
-                self.free += size - self.size
-                self.size = size
-                self._changed.notify_all()
-
-    async def take(self, most: int) -> int:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.free > 0)
-            taken = min(self.free, most)
-            self.free -= taken
-            return taken
-
-    async def give(self, count: int = 1) -> None:
-        if count:
-            async with self._changed:
-                self.free += count
-                self._changed.notify_all()
+    paused: bool = False  # drained by an operator: no fetching until resumed
 
 
 class Worker:
@@ -148,6 +121,12 @@ class Worker:
         await self.stop_event.wait()
         await self._shutdown(fetchers, relay, health)
 
+    def pause(self, paused: bool) -> None:
+        """Drain (stop fetching, finish in-flight) or resume, as an operator asked (admin "Workers")."""
+        if paused != self.state.paused:
+            logger.info("%s: %s", "drained" if paused else "resumed", "no new fetches" if paused else "fetching")
+            self.state.paused = paused
+
     def request_stop(self) -> None:
         if not self.state.draining:
             logger.info("stopping: no new fetches, finishing in-flight messages")
@@ -186,6 +165,10 @@ class Worker:
         fair = max(1, -(-self.concurrency * catga_settings.PREFETCH_MULTIPLIER // len(self.subscriptions)))
         want = fair
         while not self.state.draining:
+            if self.state.paused:  # drained: alive (and live) but taking nothing new
+                self.state.last_progress = time.monotonic()
+                await asyncio.sleep(0.2)
+                continue
             await self.slots.resize(self._in_flight_limit())
             taken = await self.slots.take(min(want, batch_max))
             got = []

@@ -14,11 +14,18 @@ from apps.mediator.models import WorkerHeartbeat
 HANDLING_MAX = 20  # entries of `handling` kept per row
 
 
-def beat(worker_id: str, fields: dict) -> None:
-    """Upsert this worker's row, and delete the rows of workers gone for 10 of their intervals."""
+def beat(worker_id: str, fields: dict) -> bool:
+    """Upsert this worker's row, and delete the rows of workers gone for 10 of their intervals.
+    Returns whether an operator asked it to drain."""
     fields = {**fields, "handling": list(fields.get("handling", ()))[:HANDLING_MAX]}
-    WorkerHeartbeat.objects.update_or_create(id=worker_id, defaults={**fields, "last_beat_at": timezone.now()})
+    row, _ = WorkerHeartbeat.objects.update_or_create(id=worker_id, defaults={**fields, "last_beat_at": timezone.now()})
     prune()
+    return row.drain
+
+
+def request_drain(worker_ids, drain: bool = True) -> int:
+    """Ask these workers to stop fetching (or to fetch again); they act on it at their next beat."""
+    return WorkerHeartbeat.objects.filter(pk__in=list(worker_ids)).update(drain=drain)
 
 
 def prune() -> int:
@@ -54,6 +61,9 @@ def listing() -> list[dict]:
                 "handled": w.handled,
                 "throughput": round(w.throughput, 2),
                 "handling": w.handling,
+                "queues": w.queues,
+                "drain": w.drain,
+                "paused": w.paused,
             }
         )
     return rows
