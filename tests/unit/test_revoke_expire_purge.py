@@ -367,3 +367,48 @@ def test_purge_asks_first_and_refuses_without_a_terminal(bakery, monkeypatch):
 def test_purge_refuses_bad_options_naming_them(bakery, argv, match):
     with pytest.raises(CommandError, match=match):
         call_command("purge", *argv, stdout=io.StringIO())
+
+
+# -- chains and groups -----------------------------------------------------------------
+
+
+@pytest.fixture
+def bakery_with_workflows(bakery):
+    from apps.mediator.orchestration import workflows
+
+    bakery.dispatcher.workflows = workflows
+    return bakery
+
+
+def test_a_chain_whose_queued_member_is_revoked_fails_and_sends_nothing_after_it(bakery_with_workflows):
+    from apps.mediator.orchestration.workflows import WorkflowFailed, chain
+
+    mediator = bakery_with_workflows
+    handle = chain(Bake(loaf="a"), Bake(loaf="b"), mediator=mediator)
+    (first,) = mediator.transport.queued
+    call_command("revoke", first.envelope.id, stdout=io.StringIO())
+    with pytest.raises(WorkflowFailed, match="member 0 .* revoked: it will not be handled"):
+        handle.wait(timeout=1)
+    mediator.transport.deliver()  # the revoked member reaches a consumer: settled unrun
+    assert baked == [] and mediator.transport.queued == []
+
+
+def test_a_group_member_expired_at_dispatch_fails_the_group(bakery_with_workflows):
+    from apps.mediator.orchestration.workflows import WorkflowFailed, group
+
+    mediator = bakery_with_workflows
+    handle = group([Bake(loaf="a"), Bake(loaf="b")], mediator=mediator)
+    mediator.transport.deliver(expires=time.time() - 1)
+    with pytest.raises(WorkflowFailed, match="expired: it will not be handled"):
+        handle.wait(timeout=1)
+    assert baked == []
+
+
+def test_a_purged_group_member_fails_the_group(bakery_with_workflows):
+    from apps.mediator.orchestration.workflows import WorkflowFailed, group
+
+    mediator = bakery_with_workflows
+    handle = group([Bake(loaf="a")], mediator=mediator)
+    call_command("purge", "--context", "bakery", "--yes", stdout=io.StringIO())
+    with pytest.raises(WorkflowFailed, match="purged: it will not be handled"):
+        handle.wait(timeout=1)

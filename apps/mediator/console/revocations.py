@@ -21,6 +21,7 @@ from django.utils.html import format_html
 from apps.mediator.console.common import message_url, precise
 from apps.mediator.console.dead_letters import actor_of
 from apps.mediator.models import Message
+from apps.mediator.orchestration import revocation as cancelling
 from apps.mediator.storage import history, revoke
 
 REVOKE_PERMISSION = "mediator.revoke_message"
@@ -125,7 +126,7 @@ class RevokeActions:
         if len(ids) > MAX_AT_ONCE:
             self.message_user(request, too_many(), messages.ERROR)
             return
-        results = revoke.revoke(ids, actor=actor_of(request), reason=reason.strip()[:500])
+        results = cancelling.revoke(ids, actor=actor_of(request), reason=reason.strip()[:500])
         types = dict(Message.objects.filter(pk__in=ids).values_list("id", "type"))
         done = 0
         for result in results:

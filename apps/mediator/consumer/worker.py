@@ -321,10 +321,12 @@ class Worker:
         interval = catga_settings.RELAY_INTERVAL
         # What this process's role may publish (CATGA["ROLE"]): its relay takes only those rows.
         types = roles.publishable_names(self.dispatcher.registry)
+        hooks = self.dispatcher.workflows  # an expired chain or group member fails its workflow
+        expiry = {"on_expired": hooks.members_cancelled} if hooks is not None else {}
         while True:
             try:
                 published = await self.loop.run_in_executor(
-                    None, _in_thread, outbox.drain, (self.transport.publish_blocking,), {"types": types}
+                    None, _in_thread, outbox.drain, (self.transport.publish_blocking,), {"types": types, **expiry}
                 )
                 if published:
                     logger.info("outbox relay published %d message(s)", published)

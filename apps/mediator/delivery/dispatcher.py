@@ -42,6 +42,8 @@ class WorkflowHooks(Protocol):
 
     def member_failed(self, envelope: Envelope, error: str) -> None: ...
 
+    def members_cancelled(self, message_ids, status: str) -> None: ...
+
 
 class Dispatcher:
     def __init__(self, registry: Registry, pipeline: Pipeline, *, workflows: WorkflowHooks | None = None):
@@ -100,20 +102,27 @@ class Dispatcher:
             return self.dead_on_arrival(envelope, body, f"no handler for {envelope.type}")
         if envelope.expired():
             history.record_expired(envelope, codec.to_payload(message))
-            return Outcome(ACK, reason=SKIPPED.format(status=MessageRow.Status.EXPIRED))
+            return self.skipped(envelope, MessageRow.Status.EXPIRED)
         if inbox_on(envelope, message):
             stored, created = history.ensure_received(envelope, codec.to_payload(message))
             forged = "" if created else not_the_stored(stored, envelope, message)
             if forged:
                 return Outcome(DEAD, reason=forged)  # the stored message's history is left as it is
             if stored.status in history.NOT_TO_HANDLE:  # revoked or purged: settled, never handled
-                return Outcome(ACK, reason=SKIPPED.format(status=stored.status))
+                return self.skipped(envelope, stored.status)
         outcomes = [self.run(spec, message, envelope) for spec in specs]
         for action in (RETRY, DEAD):
             matching = [o for o in outcomes if o.action == action]
             if matching:
                 return max(matching, key=lambda o: o.delay)
         return outcomes[0] if len(outcomes) == 1 else Outcome(ACK)
+
+    def skipped(self, envelope: Envelope, status: str) -> Outcome:
+        """Settled unrun (revoked, purged, expired): a chain or group it belongs to fails, as on death."""
+        if envelope.workflow and self.workflows is not None:
+            with transaction.atomic():
+                self.workflows.member_failed(envelope, f"{status}: it will not be handled")
+        return Outcome(ACK, reason=SKIPPED.format(status=status))
 
     def handle_many(self, calls: list[tuple[tuple, dict]], wanted=lambda index: True) -> list[Outcome | None]:
         """Several deliveries, the `(args, kwargs)` of `handle`, committed together where they can be."""
@@ -137,7 +146,7 @@ class Dispatcher:
                 # retry later, instead of parking a handler thread on a lock.
                 delivery, status = inbox.inbox_claim(envelope.id, spec.name, spec.context, started)
                 if status in history.NOT_TO_HANDLE:  # revoked meanwhile (the claim read it locked)
-                    return Outcome(ACK, reason=SKIPPED.format(status=status))
+                    return self.skipped(envelope, status)
                 if delivery.status in (Delivery.Status.SUCCEEDED, Delivery.Status.DEAD):
                     return Outcome(ACK, result=delivery.result, duplicate=True)
                 envelope = envelope.with_attempt(delivery.attempts + 1)

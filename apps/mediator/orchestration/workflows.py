@@ -26,6 +26,7 @@ from apps.mediator.core.context import current_envelope
 from apps.mediator.core.envelope import Envelope
 from apps.mediator.core.ids import new_id
 from apps.mediator.core.messages import Command
+from apps.mediator.models import Message as MessageRow
 from apps.mediator.models import Workflow
 
 Status = Workflow.Status
@@ -146,10 +147,25 @@ def member_succeeded(envelope: Envelope, result, mediator) -> None:
 
 
 def member_failed(envelope: Envelope, error: str) -> None:
-    """Called by the dispatcher when a member ends dead: the workflow fails with its error."""
-    row, index = _locked(envelope)
+    """Called by the dispatcher when a member ends dead, or is settled unrun (revoked, purged,
+    expired): the workflow fails with its error, and nothing after it is sent."""
+    _fail(envelope.workflow, envelope.type, envelope.id, error)
+
+
+def members_cancelled(message_ids, status: str) -> None:
+    """Members revoked or purged before any worker saw them (still in the outbox), or expired
+    there: their workflows fail now rather than wait for a message that will never run."""
+    rows = MessageRow.objects.filter(pk__in=list(message_ids), headers__has_key="workflow")
+    for message_id, type_, headers in rows.values_list("id", "type", "headers"):
+        with transaction.atomic():
+            _fail(headers["workflow"], type_, message_id, f"{status}: it will not be handled")
+
+
+def _fail(workflow: str | None, type_: str, message_id: str, error: str) -> None:
+    workflow_id, _, index = (workflow or "").partition(":")
+    row = Workflow.objects.select_for_update().filter(pk=workflow_id).first()
     if row is None or row.status != Status.RUNNING:
         return
     row.status = Status.FAILED
-    row.error = f"member {index} ({envelope.type}, message {envelope.id}): {error}"
+    row.error = f"member {index or 0} ({type_}, message {message_id}): {error}"
     row.save(update_fields=["status", "error", "updated_at"])

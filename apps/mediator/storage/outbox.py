@@ -45,9 +45,11 @@ def sweep(
     batch: int | None = None,
     now: dt.datetime | None = None,
     types: Collection[str] | None = None,
+    on_expired: Callable[[list[str], str], None] | None = None,
 ) -> int:
     """One relay transaction: claim, publish, mark. Returns how many were published.
-    `types`: the wire names this relay may publish (None: any)."""
+    `types`: the wire names this relay may publish (None: any); `on_expired(ids, "expired")`
+    is told, in the same transaction, of the rows it found past their expiry."""
     now = now or timezone.now()
     with transaction.atomic():
         while True:
@@ -59,6 +61,8 @@ def sweep(
             if not expired:
                 break
             Message.objects.filter(pk__in=expired).update(status=Message.Status.EXPIRED)
+            if on_expired is not None:
+                on_expired(sorted(expired), Message.Status.EXPIRED)
             rows = [row for row in rows if row.id not in expired]
             if rows:
                 break  # else the next rows: expired ones are no longer pending
@@ -69,11 +73,11 @@ def sweep(
     return len(acked)
 
 
-def drain(publish: Publish, *, batch: int | None = None, types: Collection[str] | None = None) -> int:
+def drain(publish: Publish, *, batch: int | None = None, types: Collection[str] | None = None, on_expired=None) -> int:
     """Sweep until nothing due is left (or a sweep publishes nothing)."""
     total = 0
     while True:
-        published = sweep(publish, batch=batch, types=types)
+        published = sweep(publish, batch=batch, types=types, on_expired=on_expired)
         total += published
         if published == 0:
             return total

@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.core.messages import contexts_known, message_type
+from apps.mediator.orchestration import revocation
 from apps.mediator.storage import revoke
 
 
@@ -43,7 +44,7 @@ class Command(BaseCommand):
             answer = input(f"Drop {count} {what} not yet handled? None of them will be handled. [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
                 raise CommandError("purge cancelled")
-        purged = revoke.purge(context=context, type=type_, actor=actor, reason=reason)
+        purged = revocation.purge(context=context, type=type_, actor=actor, reason=reason)
         for message_id in purged.ids:
             self.stdout.write(f"{message_id}: revoked")
         self.stdout.write(f"purge {purged.id}: {purged.count} {what} dropped by {actor}")

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.mediator.storage import revoke
+from apps.mediator.orchestration import revocation
 
 
 class Command(BaseCommand):
@@ -17,7 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--actor", default="manage.py revoke", help="Recorded as who revoked.")
 
     def handle(self, *args, message_ids, reason, actor, **options):
-        results = revoke.revoke([m.strip().upper() for m in message_ids], actor=actor, reason=reason)
+        results = revocation.revoke([m.strip().upper() for m in message_ids], actor=actor, reason=reason)
         for result in results:
             self.stdout.write(f"{result.message_id}: {result.detail}")
         failed = [r for r in results if not r.ok]
