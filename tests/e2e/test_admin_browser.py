@@ -305,3 +305,45 @@ def test_a_saga_page_shows_its_steps_and_timeline_with_the_compensation_marked(p
     page.click("#catga-saga-conversation")
     page.wait_for_url(f"**/conversation/{order.correlation_id}/")
     assert page.locator(".catga-saga-link", has_text="OrderSaga").count() == 1
+
+
+def test_ops_adds_a_periodic_schedule_sees_a_bad_cron_refused_and_runs_it_now(page, django_user_model):
+    from apps.mediator import runtime
+    from apps.mediator.models import Schedule
+    from apps.mediator.storage import schedules
+
+    user = django_user_model.objects.create_user("planner", password="pw-planner-123", is_staff=True)
+    codenames = ["view_message", "view_schedule", "add_schedule", "change_schedule"]
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    log_in(page, "planner", "pw-planner-123")
+    page.locator("#catga-console a", has_text="Schedules").click()
+    page.wait_for_url("**/admin/mediator/schedule/")
+    page.click("a.addlink")
+    page.fill("#id_name", "nightly-release")
+    page.fill("#id_message_type", "inventory.ReleaseStock")
+    page.fill("#id_payload", '{"order_id": "nightly", "reason": "schedule"}')
+    page.fill("#id_cron", "30 25 * * *")
+    page.fill("#id_timezone", "Europe/Paris")
+    page.click("input[name=_save]")
+    assert "hour: '25' is not in 0-23" in page.locator(".errornote, .errorlist").all_inner_texts()[-1]
+    shoot(page, "schedule-refused")
+
+    page.fill("#id_cron", "30 3 * * *")
+    page.click("input[name=_save]")
+    page.wait_for_url("**/admin/mediator/schedule/")
+    row = page.locator("#result_list tbody tr", has_text="nightly-release")
+    assert "30 3 * * * (Europe/Paris)" in row.inner_text()
+    stored = Schedule.objects.get(pk="nightly-release")
+    assert stored.next_run_at.astimezone(schedules.cron.zone("Europe/Paris")).strftime("%H:%M") == "03:30"
+    shoot(page, "schedules")
+
+    row.locator("input.action-select").check()
+    page.select_option("select[name=action]", "run_now")
+    page.click("button[name=index]")
+    assert "will run within a second or two" in page.locator("ul.messagelist").inner_text()
+    assert schedules.fire_due(runtime.get_mediator().post) == 1  # what the next consumer sweep does
+    page.reload()
+    row = page.locator("#result_list tbody tr", has_text="nightly-release")
+    last = Schedule.objects.get(pk="nightly-release").last_message_id
+    assert row.locator("td.field-last_message a").inner_text() == last
+    assert Message.objects.get(pk=last).status == "handled"

@@ -39,7 +39,7 @@ class ScheduleForm(forms.ModelForm):
 
 
 def _local(moment) -> str:
-    return f"{moment.astimezone(timezone.get_current_timezone()):%Y-%m-%d %H:%M:%S}" if moment else "—"
+    return f"{moment.astimezone(timezone.get_current_timezone()):%Y-%m-%d %H:%M:%S %Z}" if moment else "—"
 
 
 @admin.register(Schedule)
