@@ -230,3 +230,33 @@ def test_the_chart_stacks_segments_in_proportion_on_a_readable_axis():
     assert handled.height == pytest.approx(3 * dead.height, rel=0.01)
     assert dead.y + dead.height == pytest.approx(handled.y)  # dead sits on top of handled
     assert drawn.bars[1].segments == [] and drawn.peak == 8
+
+
+def test_the_workers_card_counts_live_drained_and_gone_workers(support_client):
+    from apps.mediator.models import WorkerHeartbeat
+
+    now = timezone.now()
+    for pid, age, paused, in_flight in [(1, 1, False, 3), (2, 2, True, 1), (3, 120, False, 9)]:
+        WorkerHeartbeat.objects.create(
+            id=f"h:{pid}",
+            host="h",
+            pid=pid,
+            contexts=["inventory"],
+            concurrency=4,
+            interval=10.0,
+            started_at=now,
+            last_beat_at=now - dt.timedelta(seconds=age),
+            in_flight=in_flight,
+            throughput=2.5,
+            paused=paused,
+        )
+    page = support_client.get(DASHBOARD + "?refresh=0").content.decode()
+    card = page[page.index('id="catga-workers"') :].split("</table>")[0]
+    cells = re.findall(r'<th scope="row">([^<]+)</th><td class="catga-num">([^<]+)</td>', card)
+    assert dict(cells) == {
+        "live": "2",
+        "drained or draining": "1",
+        "gone (no beat for 3 intervals)": "1",
+        "in flight": "4",
+        "handled per second": "5.0",
+    }

@@ -67,3 +67,16 @@ def listing() -> list[dict]:
             }
         )
     return rows
+
+
+def summary() -> dict:
+    """The dashboard's card: live, paused and gone workers, what the live ones hold and handle."""
+    rows = list(WorkerHeartbeat.objects.all())
+    live = [w for w in rows if w.live]
+    return {
+        "live": len(live),
+        "paused": sum(1 for w in live if w.paused),
+        "gone": len(rows) - len(live),
+        "in_flight": sum(w.in_flight for w in live),
+        "throughput": sum(w.throughput for w in live),
+    }

@@ -8,6 +8,7 @@ from django.utils import timezone
 from apps.mediator.console import extensions
 from apps.mediator.console.dashboard import chart, stats
 from apps.mediator.models import Message, SagaState
+from apps.mediator.storage import workers
 
 REFRESH_SECONDS = 10
 
@@ -39,6 +40,8 @@ def dashboard(request, model_admin):
         "percentile_sample": stats.PERCENTILE_SAMPLE,
         "waiting": stats.waiting(now),
         "consumers": stats.consumer_pending(),
+        "workers": workers.summary(),
+        "workers_url": reverse("admin:mediator_workerheartbeat_changelist"),
         "panels": extensions.panels(),
         "changelist_url": changelist,
         "pending_url": f"{changelist}?status=pending",
