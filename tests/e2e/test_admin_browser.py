@@ -325,7 +325,9 @@ def test_ops_adds_a_periodic_schedule_sees_a_bad_cron_refused_and_runs_it_now(pa
     page.fill("#id_cron", "30 25 * * *")
     page.fill("#id_timezone", "Europe/Paris")
     page.click("input[name=_save]")
-    assert "hour: '25' is not in 0-23" in page.locator(".errornote, .errorlist").all_inner_texts()[-1]
+    errors = page.locator("ul.errorlist")
+    errors.first.wait_for()
+    assert "hour: '25' is not in 0-23" in " ".join(errors.all_inner_texts())
     shoot(page, "schedule-refused")
 
     page.fill("#id_cron", "30 3 * * *")

@@ -775,8 +775,13 @@ class Scenario:
 
         final = wait_for(settled, ORDER_DEADLINE, f"order {order['id']}", interval=0.5, context=lambda: logs(mains))
         assert final["status"] == "confirmed", final
-        status, body = api.call("GET", "/api/inventory/items/KUBELET-1/")
-        assert status == 200 and body["on_hand"] == 8, body
+
+        def committed():  # inventory commits the stock on OrderConfirmed, a moment after it
+            status, body = api.call("GET", "/api/inventory/items/KUBELET-1/")
+            assert status == 200, body
+            return body if body["on_hand"] == 8 else None
+
+        wait_for(committed, ORDER_DEADLINE, "the stock committed", interval=0.5, context=lambda: logs(mains))
 
     def each_pod_on_its_own_user(self, mains: list[Running], nats: list[Running]) -> None:
         """The order went through on the pods' own users, and NATS refused none of them anything."""

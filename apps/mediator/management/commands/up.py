@@ -79,9 +79,11 @@ class Command(BaseCommand):
             if os.environ.get("CATGA_TRANSPORT") == "redis":
                 broker = os.environ.get("REDIS_URL") or self._start_redis()
                 env = {**os.environ, "REDIS_URL": broker, "CATGA_TRANSPORT": "redis", "PYTHONUNBUFFERED": "1"}
+                where = f"Redis at {broker}"
             else:
                 broker = os.environ.get("NATS_URL") if "NATS_URL" in os.environ else self._start_nats()
                 env = {**os.environ, "NATS_URL": broker, "CATGA_TRANSPORT": "nats", "PYTHONUNBUFFERED": "1"}
+                where = f"NATS at {broker}"
             call_command("migrate", interactive=False, verbosity=0)
             if not no_demo:
                 call_command("seed_demo")
@@ -103,8 +105,7 @@ class Command(BaseCommand):
             self._spawn("web", runserver, self._as(roles.WEB, env))
             wait_for_port(port, 120)  # a busy 2-core laptop starts slowly
             self.stdout.write(
-                f"\nReady: http://{host}:{port}/  (API under /api/, admin at /admin/), messages via {broker}\n"
-                "Press Ctrl-C to stop.\n"
+                f"\nReady: http://{host}:{port}/  (API under /api/, admin at /admin/), {where}\nPress Ctrl-C to stop.\n"
             )
             self._supervise()
         except KeyboardInterrupt:
