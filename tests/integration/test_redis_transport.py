@@ -67,7 +67,8 @@ class RedisWorkers(Workers):
         self.redis_url = redis_url
 
     def env(self, **extra) -> dict:
-        return super().env(CATGA_TRANSPORT="redis", REDIS_URL=self.redis_url, CATGA_REDIS_CONFIRM_DELAY="0.5", **extra)
+        mine = {"CATGA_TRANSPORT": "redis", "REDIS_URL": self.redis_url, "CATGA_REDIS_CONFIRM_DELAY": "0.5"}
+        return super().env(**{**mine, **extra})
 
 
 @pytest.fixture
@@ -275,3 +276,17 @@ def test_writes_redis_loses_after_its_reply_are_published_again_by_the_outbox(
     finally:
         pool.stop_all()
     assert Item.objects.get(sku="SKU-A").reserved == 1
+
+
+def test_run_consumer_names_what_is_wrong_and_catga_status_shows_the_groups(workers):
+    unreachable = workers.run("run_consumer", REDIS_URL="redis://:pw@127.0.0.1:1/0", CATGA_CONNECT_ATTEMPTS="1")
+    assert unreachable.returncode != 0
+    assert "cannot reach Redis at redis://***@127.0.0.1:1/0" in unreachable.stderr
+    nats_only = workers.run("run_consumer", CATGA_STREAM_REPLICAS="3")
+    assert nats_only.returncode != 0
+    assert "STREAM_REPLICAS: NATS-only option(s) set while the transport is Redis" in nats_only.stderr
+
+    workers.start("payments")
+    status = workers.run("catga_status")
+    assert status.returncode == 0, status.stderr
+    assert "{catga:payments}:cmd" in status.stdout and "payments_cmd" in status.stdout

@@ -91,25 +91,27 @@ def make_client(url: str | None = None, *, cluster: bool | None = None, sync: bo
     """A client for `url` (REDIS_URL): RedisCluster for a cluster URL or REDIS_CLUSTER, else Redis;
     the asyncio client, or with `sync` the threaded one (the publisher's sender thread, the web).
 
-    Builds it only: nothing connects until the first command.
+    Builds it only (but the threaded cluster client asks a node for the slot map at once).
     """
     url = url or catga_settings.REDIS_URL
     cluster = catga_settings.REDIS_CLUSTER if cluster is None else cluster
     options = {**client_options(), **overrides}
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
     if is_cluster(url, cluster):
-        plain = urlunsplit(parts._replace(scheme=CLUSTER_SCHEMES.get(scheme, scheme)))
         options.pop("health_check_interval", None)  # per-node connections; the cluster client has its own checks
-        return (redis.cluster.RedisCluster if sync else RedisCluster).from_url(plain, **options)
-    return (redis.Redis if sync else Redis).from_url(url, **options)
+        return (redis.cluster.RedisCluster if sync else RedisCluster).from_url(plain_url(url), **options)
+    return (redis.Redis if sync else Redis).from_url(plain_url(url), **options)
 
 
 def plain_url(url: str | None = None) -> str:
-    """The URL of the one node it names, as a plain client takes it (pub/sub on a cluster)."""
+    """The URL as redis-py takes it: the cluster scheme made plain, and without the URL's password
+    when REDIS_PASSWORD is set (redis-py lets the URL's win over the option's)."""
     parts = urlsplit(url or catga_settings.REDIS_URL)
     scheme = parts.scheme.lower()
-    return urlunsplit(parts._replace(scheme=CLUSTER_SCHEMES.get(scheme, scheme)))
+    parts = parts._replace(scheme=CLUSTER_SCHEMES.get(scheme, scheme))
+    if catga_settings.REDIS_PASSWORD and parts.password is not None:
+        user = f"{parts.username}@" if parts.username else ""
+        parts = parts._replace(netloc=user + parts.netloc.rsplit("@", 1)[1])
+    return urlunsplit(parts)
 
 
 def redacted(url: str) -> str:

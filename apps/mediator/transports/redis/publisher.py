@@ -39,6 +39,10 @@ CONSUMER_PENDING_TIMEOUT = 1.0  # seconds the dashboard waits for Redis before s
 class RedisTransport(Transport):
     label = "Redis"
 
+    @property
+    def url(self) -> str:
+        return connection.redacted(catga_settings.REDIS_URL)
+
     def __init__(self, dispatcher):
         super().__init__(dispatcher)
         connection.check_settings()
@@ -57,20 +61,33 @@ class RedisTransport(Transport):
 
     # -- wiring --------------------------------------------------------------
 
-    def client(self):
-        """This process's threaded client (recreated after fork: sockets are not shared)."""
+    def _ensure_sender(self) -> None:
+        """This process's sender thread (recreated after fork: neither threads nor sockets are shared)."""
         with self._lock:
-            if self._client is None or self._pid != os.getpid():
-                self._pid, self._provisioned = os.getpid(), False
+            if self._pid != os.getpid():
+                self._pid, self._provisioned, self._client, self._quick = os.getpid(), False, None, None
                 self._queue, self._unconfirmed, self._sending = [], collections.deque(), 0
+                self._thread = threading.Thread(target=self._sender, daemon=True, name="catga-redis-publisher")
+                self._thread.start()
+
+    def client(self):
+        """The threaded client, made on first use (by the sender thread, not a request)."""
+        self._ensure_sender()
+        with self._lock:
+            if self._client is None:
                 self._client = connection.make_client(sync=True)
+                self._publish_script = self._client.register_script(scripts.PUBLISH)
+            return self._client
+
+    def quick(self):
+        """A client with short timeouts, for the web's probes and dashboard."""
+        self._ensure_sender()
+        with self._lock:
+            if self._quick is None:
                 self._quick = connection.make_client(
                     sync=True, socket_timeout=CONSUMER_PENDING_TIMEOUT, socket_connect_timeout=CONSUMER_PENDING_TIMEOUT
                 )
-                self._publish_script = self._client.register_script(scripts.PUBLISH)
-                self._thread = threading.Thread(target=self._sender, daemon=True, name="catga-redis-publisher")
-                self._thread.start()
-            return self._client
+            return self._quick
 
     def _provision(self, client) -> None:
         if not self._provisioned:
@@ -78,7 +95,7 @@ class RedisTransport(Transport):
             self._provisioned = True
 
     def connect_in_background(self) -> None:
-        self.client()
+        self._ensure_sender()
 
     # -- publishing ----------------------------------------------------------
 
@@ -87,7 +104,7 @@ class RedisTransport(Transport):
         due = [item for item in batch if item.envelope.not_before is None or item.envelope.not_before <= now]
         if not due:
             return  # scheduled: the relay publishes it when it is due
-        self.client()
+        self._ensure_sender()
         with self._lock:
             self._queue.extend(due)
             self._sending += len(due)
@@ -214,20 +231,19 @@ class RedisTransport(Transport):
 
     def probe(self, timeout: float) -> list[str]:
         """Readiness of this process's publisher: what is wrong (connection, groups), [] when nothing."""
-        self.client()
         try:
-            self._quick.ping()
+            quick = self.quick()
+            quick.ping()
             self._provisioned = False  # a Redis that lost its data gets its groups back
-            self._provision(self._quick)
+            self._provision(quick)
         except (RedisError, OSError) as exc:
             return [f"Redis unreachable: {exc}"]
         return []
 
     def consumer_pending(self, timeout: float = CONSUMER_PENDING_TIMEOUT) -> dict[str, int]:
         """Entries not yet delivered per consumer group (the dashboard); {} when Redis does not answer."""
-        self.client()
         try:
-            found = stats.snapshot_sync(self._quick, topology.durables(self.registry, self.registry.contexts))
+            found = stats.snapshot_sync(self.quick(), topology.durables(self.registry, self.registry.contexts))
         except (RedisError, OSError) as exc:
             logger.info("consumer pending counts unavailable: %r", exc)
             return {}
@@ -247,7 +263,7 @@ class RedisTransport(Transport):
         return await RedisReceiver.open(self, contexts, name)
 
     def close(self) -> None:
-        if self._client is None or self._pid != os.getpid():
+        if self._pid != os.getpid():
             return
         # Let publishes handed over just before exit be sent and confirmed (the relay would catch up, later).
         deadline = time.monotonic() + catga_settings.PUBLISH_TIMEOUT + catga_settings.REDIS_CONFIRM_DELAY
@@ -258,5 +274,6 @@ class RedisTransport(Transport):
                 self._lock.wait(0.05)
         self._thread.join(max(0.1, deadline - time.monotonic()))
         for client in (self._client, self._quick):
-            with contextlib.suppress(Exception):
-                client.close()
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
