@@ -104,6 +104,38 @@ class AckWatcher:
         return asyncio.run(run())
 
 
+class RedisAckWatcher:
+    """AckWatcher's reading on the Redis transport: a consumer group's entries read minus its pending."""
+
+    def __init__(self, url: str, stream: str, group: str):
+        self.url, self.stream, self.group = url, stream, group
+
+    def wait_for(self, count: int, *, timeout: float, interval: float = 0.01) -> list[tuple[float, int]]:
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        samples = []
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    groups = {g["name"].decode(): g for g in client.xinfo_groups(self.stream)}
+                except redis.ResponseError:  # the stream is not there yet
+                    groups = {}
+                group = groups.get(self.group)
+                if group is None:
+                    time.sleep(interval)
+                    continue
+                done = int(group.get("entries-read") or 0) - int(group["pending"])
+                samples.append((time.time(), done))
+                if done >= count and not group["pending"] and not group.get("lag"):
+                    return samples
+                time.sleep(interval)
+        finally:
+            client.close()
+        return samples or [(time.time(), 0)]
+
+
 def windowed_rate(samples: list[tuple[float, int]], count: int, low=0.1, high=0.9) -> float:
     """Messages per second between `low` and `high` of `count` done (start-up and tail excluded)."""
     start = next(((t, n) for t, n in samples if n >= low * count), samples[0])

@@ -6,7 +6,8 @@ Loopback only and bounded in time: it starts its own nats-server (nats-server-bi
 uses the PostgreSQL server of DATABASE_URL (default postgres://postgres@127.0.0.1:5432)
 with a database of its own, `bench` (BENCH_DATABASE to rename it; created when missing,
 its app tables emptied before each scenario, so never name one you keep), Redis at
-127.0.0.1:6379 for the Celery baseline, and child processes for everything measured:
+127.0.0.1:6379 for the Celery baseline and the Redis transport (database 14, flushed), and
+child processes for everything measured:
 the senders, `manage.py run_consumer`, gunicorn and the HTTP load. It prints a table
 and writes the JSON (numbers; null only for a skipped baseline, with the reason).
 """
@@ -67,7 +68,12 @@ KEYS = [
     "consumer_rss_mib",
     "web_worker_rss_mib",
     "scale_2_consumers",
+    "redis_e2e_noop_msgs_per_s",
+    "redis_saga_orders_per_s",
+    "redis_order_latency_p50_ms",
+    "redis_order_latency_p99_ms",
 ]
+REDIS_URL = "redis://127.0.0.1:6379/14"  # the Redis transport's scenarios: a database of their own
 
 
 class Bench:
@@ -86,6 +92,8 @@ class Bench:
         self.embedded = None if url else infra.embedded_postgres()
         self.db = infra.Database(url or self.embedded.url())
         self.nats = infra.NatsServer()
+        self.transport_env: dict = {}  # the Redis scenarios switch every process over
+        self.prefix = ""  # ...and file their figures under redis_*
 
     def size(self, name):
         if name in self.args.size:
@@ -113,6 +121,7 @@ class Bench:
                 "LOG_LEVEL": "WARNING",
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": str(infra.ROOT),
+                **self.transport_env,
             }
         )
         return env
@@ -134,7 +143,17 @@ class Bench:
 
     def fresh(self) -> None:
         self.nats.delete_streams()
+        if self.transport_env:
+            import redis
+
+            with redis.Redis.from_url(REDIS_URL) as client:
+                client.flushdb()
         self.db.truncate_app_tables()
+
+    def watcher(self):
+        if self.transport_env:
+            return infra.RedisAckWatcher(REDIS_URL, "{catga:bench}:cmd", "bench_cmd")
+        return infra.AckWatcher(self.nats.url, "CATGA_CMD", "bench_cmd")
 
     # -- scenarios ---------------------------------------------------------------
 
@@ -172,7 +191,7 @@ class Bench:
             for worker in workers:
                 p.wait_ready(worker)
         send = [PY, "-m", "bench.drive", "send", "--type", msg_type, "--count", str(count), "--per-tx", str(per_tx)]
-        watcher = infra.AckWatcher(self.nats.url, "CATGA_CMD", "bench_cmd")
+        watcher = self.watcher()
         samples: list = []
         total = count + 1  # the warm-up message
         if preload:
@@ -296,8 +315,8 @@ class Bench:
                 [PY, "-m", "bench.drive", "confirmed-between", "--since", str(since), "--until", str(load["end"])]
             )
             sustained = counted["confirmed"] / (load["end"] - since)
-            self.results["saga_orders_per_s"] = sustained
-            self.extra["saga_orders_accepted_per_s"] = load["accepted"] / (load["end"] - load["start"])
+            self.results[self.prefix + "saga_orders_per_s"] = sustained
+            self.extra[self.prefix + "saga_orders_accepted_per_s"] = load["accepted"] / (load["end"] - load["start"])
             # Latency at half the sustained rate, open loop.
             rate = max(1.0, sustained / 2)
             accepted_file = self.logs / "latency-accepted.json"
@@ -306,15 +325,41 @@ class Bench:
             )
             self._drain_orders(p, timeout=45)
             latency = p.run([PY, "-m", "bench.drive", "order-latency", "--accepted", str(accepted_file)])
-            self.results["order_latency_p50_ms"] = latency["p50"]
-            self.results["order_latency_p99_ms"] = latency["p99"]
-            self.extra["order_latency_rate_per_s"] = rate
-            self.extra["order_counts"] = p.run([PY, "-m", "bench.drive", "order-counts"])
+            self.results[self.prefix + "order_latency_p50_ms"] = latency["p50"]
+            self.results[self.prefix + "order_latency_p99_ms"] = latency["p99"]
+            self.extra[self.prefix + "order_latency_rate_per_s"] = rate
+            self.extra[self.prefix + "order_counts"] = p.run([PY, "-m", "bench.drive", "order-counts"])
         finally:
             rss.stop()
             p.stop_all()
-        self.results["consumer_rss_mib"] = rss.consumer_peak
-        self.results["web_worker_rss_mib"] = rss.web_peak
+        if not self.prefix:
+            self.results["consumer_rss_mib"] = rss.consumer_peak
+            self.results["web_worker_rss_mib"] = rss.web_peak
+        else:
+            self.extra[self.prefix + "consumer_rss_mib"] = rss.consumer_peak
+
+    def redis(self) -> None:
+        """The e2e no-op and the order saga again, over the Redis transport (the machine's Redis)."""
+        import redis
+
+        keys = ["redis_e2e_noop_msgs_per_s", "redis_saga_orders_per_s"]
+        keys += ["redis_order_latency_p50_ms", "redis_order_latency_p99_ms"]
+        try:
+            with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2) as client:
+                client.ping()
+        except redis.RedisError as exc:
+            self.log(f"skipping the Redis transport: {exc}")
+            for key in keys:
+                self.results[key], self.skipped[key] = None, f"Redis at 127.0.0.1:6379 unreachable: {exc}"
+            return
+        # A short confirm delay: the bench measures the transport, not the failover window.
+        self.transport_env = {"CATGA_TRANSPORT": "redis", "REDIS_URL": REDIS_URL, "CATGA_REDIS_CONFIRM_DELAY": "2"}
+        self.prefix = "redis_"
+        try:
+            self.results["redis_e2e_noop_msgs_per_s"] = self._e2e("DoNothing", history=True)[0]
+            self.saga()
+        finally:
+            self.transport_env, self.prefix = {}, ""
 
     def _load(self, p, base, token, *, seconds, clients, rate=0.0, out=None) -> dict:
         out = out or self.logs / "accepted.json"
@@ -362,6 +407,8 @@ class Bench:
             ("consumer_rss <= 150 MiB", 150 / get("consumer_rss_mib") if get("consumer_rss_mib") else None),
             ("web_worker_rss <= 150 MiB", 150 / get("web_worker_rss_mib") if get("web_worker_rss_mib") else None),
             ("scale_2_consumers >= 1.5", get("scale_2_consumers") / 1.5 if get("scale_2_consumers") else None),
+            ("redis_e2e_noop >= 0.5 x e2e_noop (NATS)", ratio("redis_e2e_noop_msgs_per_s", "e2e_noop_msgs_per_s", 0.5)),
+            ("redis_saga_orders >= saga_orders (NATS)", ratio("redis_saga_orders_per_s", "saga_orders_per_s", 1)),
         ]
         return [(name, value, None if value is None else value >= 1.0) for name, value in rows]
 
@@ -446,7 +493,7 @@ def _finite(value):
     return value
 
 
-SCENARIOS = ["raw", "e2e", "scale", "hop", "inprocess", "celery", "saga"]
+SCENARIOS = ["raw", "e2e", "scale", "hop", "inprocess", "celery", "saga", "redis"]
 
 
 def main() -> int:

@@ -90,7 +90,7 @@ def quiet(stack) -> bool:
         "SELECT count(*) FROM inventory_reservation r JOIN orders_order o ON o.id = r.order_id "
         "WHERE r.status = 'reserved' AND o.status <> 'pending'"
     )[0][0]
-    return not (pending or outbox or retrying or held) and stack.nats.consumers_idle()
+    return not (pending or outbox or retrying or held) and stack.broker.consumers_idle()
 
 
 def verify(
@@ -118,7 +118,7 @@ def verify(
     _payments(sql, orders, report)
     _stock(sql, initial_stock, report)
 
-    letters = stack.nats.dead_letters(garbage.TAG)
+    letters = stack.broker.dead_letters(garbage.TAG)
     expected = {g.tag: g for g in poison}
     found = {tag: reason for tag, _, reason in letters if tag in expected}
     report.poison_sent = len(poison)

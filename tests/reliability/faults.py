@@ -23,6 +23,11 @@ poison storm          POISON messages of every garbage.py kind, valid-looking an
 NATS node lost        SIGKILL of a node that leads neither app stream, restarted once it was missed
 stream leader lost    SIGKILL of the node leading a stream (CMD and EVT in turn), restarted once
                       another node took over
+
+On Redis (`--transport redis`) the three NATS faults give way to two of its own:
+Redis restarted       the server stopped (SIGTERM: it writes its AOF out), then started again
+Redis killed          SIGKILL of the server (a crash: the AOF keeps every write it had made, as
+                      Redis writes it before answering), then started again
 """
 
 import json
@@ -49,6 +54,17 @@ KINDS = (
     "PostgreSQL outage",
     "NATS restarted",
 )
+REDIS_KINDS = (
+    "consumer killed",
+    "Redis killed",
+    "consumer frozen",
+    "delivered again",
+    "web server killed",
+    "PostgreSQL restarted",
+    "poison storm",
+    "PostgreSQL outage",
+    "Redis restarted",
+)
 ONCE = {"PostgreSQL outage"}  # long: once per run, however many faults
 REDELIVERED = 60  # messages each "delivered again" publishes once more
 POISON = 130  # messages each "poison storm" publishes (ten of each garbage kind)
@@ -64,7 +80,13 @@ DOWN = {
     "NATS restarted": 5.0,
     "poison storm": 0.0,
     "PostgreSQL outage": 0.0,  # db_outage (see _postgres_outage)
+    "Redis restarted": 5.0,
+    "Redis killed": 3.0,
 }
+
+
+def kinds_for(transport: str) -> tuple[str, ...]:
+    return REDIS_KINDS if transport == "redis" else KINDS
 
 
 @dataclass
@@ -83,12 +105,15 @@ class Faults(threading.Thread):
     so that each lands while the orders still flow.
     """
 
-    def __init__(self, stack, *, duration: float, count: int, db_outage: float, recover_timeout: float = 120):
+    def __init__(
+        self, stack, *, duration: float, count: int, db_outage: float, recover_timeout: float = 120, kinds=KINDS
+    ):
         super().__init__(daemon=True, name="faults")
-        count = max(count, len(KINDS))
+        count = max(count, len(kinds))
         self.stack = stack
-        kinds = [KINDS[i % len(KINDS)] for i in range(count)]
-        kinds = [k for i, k in enumerate(kinds) if i < len(KINDS) or k not in ONCE]
+        every = kinds
+        kinds = [every[i % len(every)] for i in range(count)]
+        kinds = [k for i, k in enumerate(kinds) if i < len(every) or k not in ONCE]
         self.schedule = [(duration * (0.08 + 0.77 * i / len(kinds)), kind) for i, kind in enumerate(kinds)]
         self.db_outage = db_outage
         self.poison: list[garbage.Garbage] = []  # what the storms sent: checks.verify expects each dead
@@ -129,6 +154,8 @@ class Faults(threading.Thread):
             "stream leader lost": self._leader,
             "PostgreSQL outage": self._postgres_outage,
             "poison storm": self._poison_storm,
+            "Redis restarted": self._redis_restart,
+            "Redis killed": self._redis_kill,
         }[kind]
         return action()
 
@@ -161,23 +188,22 @@ class Faults(threading.Thread):
             [REDELIVERED],
         )
 
-        async def publish(js):
-            for message_id, wire, kind, correlation, causation, qos, payload, created in rows:
-                context, _, name = wire.partition(".")
-                headers = {
-                    "Catga-Message-Id": message_id,
-                    "Nats-Msg-Id": f"{message_id}.again",
-                    "Catga-Type": wire,
-                    "Catga-Kind": kind,
-                    "Catga-Correlation-Id": correlation,
-                    "Catga-QoS": qos,
-                    "Catga-Created-At": repr(created),
-                    **({"Catga-Causation-Id": causation} if causation else {}),
-                }
-                subject = f"catga.{context}.{'cmd' if kind == 'command' else 'evt'}.{name}"
-                await js.publish(subject, json.dumps(payload).encode(), headers=headers)
-
-        self.stack.nats.call(publish, timeout=60)
+        messages = []
+        for message_id, wire, kind, correlation, causation, qos, payload, created in rows:
+            context, _, name = wire.partition(".")
+            headers = {
+                "Catga-Message-Id": message_id,
+                "Nats-Msg-Id": f"{message_id}.again",
+                "Catga-Type": wire,
+                "Catga-Kind": kind,
+                "Catga-Correlation-Id": correlation,
+                "Catga-QoS": qos,
+                "Catga-Created-At": repr(created),
+                **({"Catga-Causation-Id": causation} if causation else {}),
+            }
+            subject = f"catga.{context}.{'cmd' if kind == 'command' else 'evt'}.{name}"
+            messages.append((subject, json.dumps(payload).encode(), headers))
+        self.stack.broker.publish_raw(messages, timeout=60)
         kinds = Counter(row[1].partition(".")[2] for row in rows)
         return f"{len(rows)} handled messages ({', '.join(f'{k} {n}' for k, n in kinds.most_common(4))}, ...)"
 
@@ -187,8 +213,24 @@ class Faults(threading.Thread):
         self.stack.django.start_web()
         return "gunicorn master and workers"
 
+    def _redis_restart(self) -> str:
+        broker = self.stack.broker
+        broker.stop()
+        self._away("Redis restarted")
+        broker.start()
+        broker.wait_healthy(timeout=self.recover_timeout)
+        return "SIGTERM, started again"
+
+    def _redis_kill(self) -> str:
+        broker = self.stack.broker
+        broker.kill()
+        self._away("Redis killed")
+        broker.start()
+        broker.wait_healthy(timeout=self.recover_timeout)
+        return "SIGKILL, started again"
+
     def _nats_restart(self) -> str:
-        nats = self.stack.nats
+        nats = self.stack.broker
         nats.stop()
         self._away("NATS restarted")
         nats.start()
@@ -216,16 +258,12 @@ class Faults(threading.Thread):
             item = garbage.KINDS[i % len(garbage.KINDS)](tag, rng)
             batch.append(item if item.tag else garbage.Garbage(**{**item.__dict__, "tag": tag}))
 
-        async def publish(js):
-            for item in batch:
-                await js.publish(item.subject, item.body, headers=item.headers, timeout=10)
-
-        self.stack.nats.call(publish, timeout=120)
+        self.stack.broker.publish_raw([(g.subject, g.body, g.headers) for g in batch], timeout=120)
         self.poison += batch
         return f"{len(batch)} poison messages of {len(garbage.KINDS)} kinds"
 
     def _node(self) -> str:
-        nats = self.stack.nats
+        nats = self.stack.broker
         leaders = {nats.leader(stream) for stream in STREAMS}
         victim = next((n for n in nats.names if n not in leaders), nats.names[-1])
         nats.kill(victim)
@@ -235,7 +273,7 @@ class Faults(threading.Thread):
         return f"{victim} (leaders: {', '.join(sorted(n for n in leaders if n))})"
 
     def _leader(self) -> str:
-        nats = self.stack.nats
+        nats = self.stack.broker
         stream = STREAMS[self._turn["stream leader lost"] % len(STREAMS)]
         self._turn["stream leader lost"] += 1
         leader = nats.leader(stream)

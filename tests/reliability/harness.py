@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.reliability import checks, load
-from tests.reliability.faults import Faults
+from tests.reliability.faults import Faults, kinds_for
+from tests.reliability.redis_broker import RedisBroker
 from tests.reliability.stack import CONTEXTS, Django, NatsCluster, Postgres, read_json_line, wait_until
 
 # Run by `manage.py shell -c`: the catalogue and the customers (users with API tokens).
@@ -49,6 +50,7 @@ class Config:
     threads: int = 6
     seed: int = 1
     keep: bool = False  # keep the temp dir (logs, stores) after the run
+    transport: str = "nats"  # or "redis": one redis-server instead of the NATS cluster
 
     def fault_count(self) -> int:
         return self.faults or max(6, round(self.duration / 20))
@@ -60,13 +62,13 @@ class Stack:
         self.logs = root / "logs"
         self.logs.mkdir()
         self.postgres = Postgres(root)
-        self.nats = NatsCluster(root, self.logs)
-        self.django = Django(root, self.logs, self.postgres.url(), self.nats, ack_wait=config.ack_wait)
+        self.broker = RedisBroker(root, self.logs) if config.transport == "redis" else NatsCluster(root, self.logs)
+        self.django = Django(root, self.logs, self.postgres.url(), self.broker, ack_wait=config.ack_wait)
 
     def start(self, stock: dict[str, int], customers: int) -> list[str]:
         self.postgres.init()
-        self.nats.start()
-        self.nats.wait_healthy(timeout=60)
+        self.broker.start()
+        self.broker.wait_healthy(timeout=60)
         self.django.manage("migrate", "--noinput")
         spec = json.dumps({"stock": stock, "customers": customers})
         tokens = read_json_line(self.django.manage("shell", "-c", SEED, RELIABILITY_SEED=spec))
@@ -79,7 +81,7 @@ class Stack:
     def whole(self) -> bool:
         return (
             self.postgres.running()
-            and all(self.nats.healthy(name) for name in self.nats.names)
+            and all(self.broker.healthy(name) for name in self.broker.names)
             and self.django.all_up()
         )
 
@@ -93,7 +95,7 @@ class Stack:
     def stop(self) -> None:
         for child in self.django.children():
             child.stop(timeout=30)
-        self.nats.stop()
+        self.broker.stop()
         if self.postgres.running():
             with contextlib.suppress(Exception):
                 self.postgres.stop("fast")
@@ -109,7 +111,8 @@ def run(config: Config, say=print) -> checks.Report:
     started = time.monotonic()
     stack = Stack(root, config)
     try:
-        say(f"starting PostgreSQL, a 3-node NATS cluster, gunicorn and 3 consumers in {root}")
+        broker = "a Redis server" if config.transport == "redis" else "a 3-node NATS cluster"
+        say(f"starting PostgreSQL, {broker}, gunicorn and 3 consumers in {root}")
         tokens = stack.start(stock, config.customers)
         report.timings["start-up"] = time.monotonic() - started
 
@@ -122,7 +125,13 @@ def run(config: Config, say=print) -> checks.Report:
             threads=config.threads,
             outage=config.db_outage,
         )
-        faults = Faults(stack, duration=config.duration, count=config.fault_count(), db_outage=config.db_outage)
+        faults = Faults(
+            stack,
+            duration=config.duration,
+            count=config.fault_count(),
+            db_outage=config.db_outage,
+            kinds=kinds_for(config.transport),
+        )
         say(f"driving {config.orders} orders over {config.duration:g}s with {len(faults.schedule)} faults")
         load_started = time.monotonic()
         faults.start()

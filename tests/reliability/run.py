@@ -2,7 +2,8 @@
 
     python -m tests.reliability.run --orders 3000 --duration 300
 
-Starts its own PostgreSQL cluster, a 3-node NATS JetStream cluster, gunicorn and a
+Starts its own PostgreSQL cluster, a 3-node NATS JetStream cluster (or with --transport
+redis one Redis server, AOF on), gunicorn and a
 consumer per context (loopback only), drives the orders through the REST API while
 killing and restarting each part in turn, then checks that nothing was lost,
 duplicated or left stuck. Prints the table; exits 1 when an invariant broke.
@@ -32,6 +33,9 @@ def main(argv=None) -> int:
         help="seconds the PostgreSQL outage fault lasts (default %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=Config.seed, help="random seed of the mix (default %(default)s)")
+    parser.add_argument(
+        "--transport", choices=["nats", "redis"], default="nats", help="message system (default %(default)s)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with every process's log")
     args = parser.parse_args(argv)
     if args.orders < 1 or args.duration <= 0:
@@ -45,6 +49,7 @@ def main(argv=None) -> int:
         db_outage=args.db_outage,
         seed=args.seed,
         keep=args.keep,
+        transport=args.transport,
     )
     report = run(config, say=lambda line: print(line, flush=True))
     print()

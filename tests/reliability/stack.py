@@ -10,10 +10,11 @@
   (CATGA_STREAM_REPLICAS=3) and every client is given all three URLs. The nodes run the
   configuration `manage.py nats_permissions` prints (one user per role, max_payload), as
   in Kubernetes; each process connects as its own role, the harness's own calls as admin.
+- or Redis (`--transport redis`): one redis-server, AOF on (redis_broker.py).
 - Django: gunicorn with catga_site/gunicorn.conf.py bound to 127.0.0.1 (production
   settings: DEBUG off, a secret key), and one `run_consumer` per context.
 
-Nothing here imports Django: the harness talks to the stack over HTTP, NATS and SQL.
+Nothing here imports Django: the harness talks to the stack over HTTP, NATS or Redis, and SQL.
 """
 
 import asyncio
@@ -117,6 +118,8 @@ class Postgres(EmbeddedPostgres):
 class NatsCluster:
     """Three JetStream nodes n1..n3 on loopback, routed to each other."""
 
+    transport = "nats"
+
     def __init__(self, root: Path, log_dir: Path, size: int = 3):
         binary = BIN / "nats-server"
         if not binary.exists():
@@ -140,6 +143,22 @@ class NatsCluster:
             argv += ["--cluster", f"nats://127.0.0.1:{route}", "--routes", routes, "-c", str(config)]
             self.nodes[name] = Child(f"nats-{name}", argv, log_dir, env)
         self.urls = ",".join(f"nats://127.0.0.1:{port}" for port in self.client_port.values())
+
+    def env(self) -> dict:
+        """What every Django process of the stack is told about the message system."""
+        return {"NATS_URL": self.urls, "CATGA_TRANSPORT": "nats", "CATGA_STREAM_REPLICAS": "3"}
+
+    def role_env(self, role: str) -> dict:
+        return {"NATS_USER": role, "NATS_PASSWORD": self.passwords[role], "CATGA_ROLE": role}
+
+    def publish_raw(self, messages, *, timeout: float = 60) -> None:
+        """(subject, body, headers) each, straight to JetStream, as a foreign or broken publisher would."""
+
+        async def publish(js):
+            for subject, body, headers in messages:
+                await js.publish(subject, body, headers=headers, timeout=10)
+
+        self.call(publish, timeout=timeout)
 
     def credentials(self, role: str = "admin") -> dict:
         """nats.connect's keyword arguments for `role` (the harness itself is admin)."""
@@ -223,12 +242,22 @@ class NatsCluster:
 class Django:
     """gunicorn and the consumers, with the production settings and this stack's addresses."""
 
-    def __init__(self, root: Path, log_dir: Path, database_url: str, nats: NatsCluster, *, ack_wait: float):
+    def __init__(self, root: Path, log_dir: Path, database_url: str, broker, *, ack_wait: float):
         self.root, self.log_dir = root, log_dir
-        self.nats = nats
+        self.broker = broker
         self.ack_wait = ack_wait
         self.web_port = free_port()
-        ours = ("DJANGO_", "CATGA_", "NATS_", "GUNICORN_", "FAKE_PROVIDER_", "OTEL_", "PROMETHEUS_", "ORDER_STEP")
+        ours = (
+            "DJANGO_",
+            "CATGA_",
+            "NATS_",
+            "REDIS_",
+            "GUNICORN_",
+            "FAKE_PROVIDER_",
+            "OTEL_",
+            "PROMETHEUS_",
+            "ORDER_STEP",
+        )
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(ours) and k != "DATABASE_URL"}
         self.env.update(
             {
@@ -238,9 +267,7 @@ class Django:
                 "DJANGO_SECURE_SSL_REDIRECT": "0",
                 "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
                 "DATABASE_URL": database_url,
-                "NATS_URL": nats.urls,
-                "CATGA_TRANSPORT": "nats",
-                "CATGA_STREAM_REPLICAS": "3",
+                **broker.env(),
                 "CATGA_ACK_WAIT": str(ack_wait),  # the web provisions the consumers too: same value everywhere
                 "CATGA_DATA_DIR": str(root / "data"),
                 "LOG_LEVEL": "WARNING",
@@ -261,8 +288,7 @@ class Django:
         self.health_ports: dict[str, int] = {}
 
     def role_env(self, role: str) -> dict:
-        password = self.nats.passwords[role]
-        return {"NATS_USER": role, "NATS_PASSWORD": password, "CATGA_ROLE": role}
+        return self.broker.role_env(role)
 
     def manage(self, *argv: str, timeout: float = 300, **env) -> str:
         result = subprocess.run(
