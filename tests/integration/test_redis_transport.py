@@ -290,3 +290,15 @@ def test_run_consumer_names_what_is_wrong_and_catga_status_shows_the_groups(work
     status = workers.run("catga_status")
     assert status.returncode == 0, status.stderr
     assert "{catga:payments}:cmd" in status.stdout and "payments_cmd" in status.stdout
+
+
+def test_a_redis_that_lost_its_data_gets_its_groups_back_and_the_flow_goes_on(api, catalogue, workers):
+    for context in CONTEXTS:
+        workers.start(context)
+    assert final_status(place(api, [{"sku": "SKU-A", "quantity": 1}])).status == "confirmed"
+    with redis.Redis.from_url(workers.redis_url) as client:
+        client.flushall()  # a server restarted without persistence, or a failover to an empty replica
+    # The consumers' next reads answer NOGROUP: they make their groups again, from the start of
+    # the streams, so what the web publishes meanwhile is still delivered.
+    assert final_status(place(api, [{"sku": "SKU-A", "quantity": 1}]), timeout=60).status == "confirmed"
+    wait_until(lambda: Item.objects.get(sku="SKU-A").on_hand == 8, what="both orders' stock committed")
