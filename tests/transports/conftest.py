@@ -230,8 +230,14 @@ class RedisHarness(BrokerHarness):
 
     def __init__(self, settings, url):
         import redis
+        import redis.cluster
 
-        self.redis = redis.Redis.from_url(url)
+        cluster = url.startswith("redis+cluster://")
+        if cluster:
+            self.name = "redis-cluster"
+            self.redis = redis.cluster.RedisCluster.from_url(url.replace("redis+cluster://", "redis://"))
+        else:
+            self.redis = redis.Redis.from_url(url)
         super().__init__(settings)
 
     def deliveries_made(self) -> int:
@@ -284,7 +290,16 @@ def conformance_redis(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(params=["memory", "nats", "redis"])
+@pytest.fixture(scope="session")
+def conformance_redis_cluster(tmp_path_factory):
+    from tests.transports.redis_cluster import RedisCluster
+
+    cluster = RedisCluster(tmp_path_factory.mktemp("conformance-redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["memory", "nats", "redis", "redis-cluster"])
 def harness(request, settings, transactional_db):
     settings.CATGA = {
         **settings.CATGA,
@@ -308,11 +323,16 @@ def harness(request, settings, transactional_db):
             "NATS_URL": server.url,
         }
         made = NatsHarness(settings, server)
-    elif request.param == "redis":
+    elif request.param.startswith("redis"):
         import redis
 
-        url = request.getfixturevalue("conformance_redis")
-        redis.Redis.from_url(url).flushdb()
+        if request.param == "redis-cluster":
+            cluster = request.getfixturevalue("conformance_redis_cluster")
+            cluster.flush()
+            url = cluster.url
+        else:
+            url = request.getfixturevalue("conformance_redis")
+            redis.Redis.from_url(url).flushdb()
         settings.CATGA = {
             **settings.CATGA,
             "TRANSPORT": RedisHarness.transport_path,

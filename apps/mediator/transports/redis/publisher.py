@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+import redis.cluster
 from django.db import close_old_connections, connections
 from redis.exceptions import RedisError
 
@@ -145,31 +146,50 @@ class RedisTransport(Transport):
         """Publish now; returns the server's run_id, the ids stored (or already stored) and those fired."""
         client = self.client()
         self._provision(client)
-        run_id = str(client.info("server")["run_id"])
-        stored, fired = [], []
+        run_id = self._run_id(client)
         window = int(catga_settings.DUPLICATE_WINDOW)
         max_age = int(catga_settings.STREAM_MAX_AGE * 1000)
         maxlen = int(catga_settings.REDIS_STREAM_MAXLEN)
-        pipe = client.pipeline(transaction=False)
         durable = [item for item in batch if item.envelope.qos is not QoS.AT_MOST_ONCE]
+        once = [item for item in batch if item.envelope.qos is QoS.AT_MOST_ONCE]
+        cluster = isinstance(client, redis.cluster.RedisCluster)
+        # A cluster pipeline refuses scripts: there each publish is its own round trip.
+        target = client if cluster else client.pipeline(transaction=False)
+        results = []
         for item in durable:
-            args = [window, max_age, maxlen, *entries.fields_of(item)]
-            self._publish_script(keys=[entries.stream_of(item), entries.dedupe_of(item)], args=args, client=pipe)
-        for item in batch:
-            if item.envelope.qos is QoS.AT_MOST_ONCE:
-                pipe.publish(topology.at_most_once_channel(entries.subject_of(item)), entries.payload(item))
-        results = pipe.execute(raise_on_error=False)
+            keys = [entries.stream_of(item), entries.dedupe_of(item)]
+            results.append(
+                _call(
+                    self._publish_script,
+                    keys=keys,
+                    args=[window, max_age, maxlen, *entries.fields_of(item)],
+                    client=target,
+                )
+            )
+        for item in once:
+            channel = topology.at_most_once_channel(entries.subject_of(item))
+            results.append(_call(target.publish, channel, entries.payload(item)))
+        if not cluster:
+            results = target.execute(raise_on_error=False)
+        stored, fired = [], []
         for item, result in zip(durable, results, strict=False):
             if isinstance(result, Exception):
                 logger.warning("publish of %s failed: %r", item.envelope.id, result)
             else:
                 stored.append(item.envelope.id)  # 1 added, 0 a duplicate: either way Redis has it
-        for item, result in zip(
-            [i for i in batch if i.envelope.qos is QoS.AT_MOST_ONCE], results[len(durable) :], strict=False
-        ):
+        for item, result in zip(once, results[len(durable) :], strict=False):
             if not isinstance(result, Exception):
                 fired.append(item.envelope.id)
         return run_id, stored, fired
+
+    @staticmethod
+    def _run_id(client) -> str:
+        """The server's run_id; on a cluster every primary's, so a failover anywhere shows."""
+        if isinstance(client, redis.cluster.RedisCluster):
+            answers = client.info("server", target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+            infos = [answers] if "run_id" in answers else [v for v in answers.values() if isinstance(v, dict)]
+            return ",".join(sorted(str(info["run_id"]) for info in infos))
+        return str(client.info("server")["run_id"])
 
     def _confirm_later(self, run_id: str, stored: list[str], fired: list[str]) -> None:
         if fired:
@@ -194,7 +214,7 @@ class RedisTransport(Transport):
     def _confirmed(self, sent: list[tuple[float, str, list[str]]]) -> list[str]:
         """The ids of bursts the server still has since their publish (same run_id)."""
         try:
-            run_id = str(self.client().info("server")["run_id"])
+            run_id = self._run_id(self.client())
         except (RedisError, OSError) as exc:
             logger.warning(
                 "cannot confirm %d publish(es) with Redis (%r); the relay will send them again", len(sent), exc
@@ -277,3 +297,11 @@ class RedisTransport(Transport):
             if client is not None:
                 with contextlib.suppress(Exception):
                     client.close()
+
+
+def _call(function, *args, **kwargs):
+    """The result, or the exception as a result (what a pipeline's execute(raise_on_error=False) gives)."""
+    try:
+        return function(*args, **kwargs)
+    except RedisError as exc:
+        return exc
