@@ -302,3 +302,48 @@ def test_a_redis_that_lost_its_data_gets_its_groups_back_and_the_flow_goes_on(ap
     # the streams, so what the web publishes meanwhile is still delivered.
     assert final_status(place(api, [{"sku": "SKU-A", "quantity": 1}]), timeout=60).status == "confirmed"
     wait_until(lambda: Item.objects.get(sku="SKU-A").on_hand == 8, what="both orders' stock committed")
+
+
+def test_sigterm_during_load_exits_zero_in_grace_and_loses_nothing(api, big_catalogue, workers):
+    import time
+
+    procs = [workers.start(context, CATGA_SHUTDOWN_GRACE="10") for context in CONTEXTS]
+    ids = [place(api, [{"sku": "SKU-X", "quantity": 1}], token="tok_flaky") for _ in range(30)]
+    wait_until(lambda: Payment.objects.count() >= 3, what="some progress before SIGTERM")
+    started = time.monotonic()
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    assert [proc.wait(timeout=30) for proc in procs] == [0, 0, 0]
+    assert time.monotonic() - started < 12
+    assert Order.objects.filter(status="pending").exists(), "the test must stop the workers mid-stream"
+
+    for context in CONTEXTS:
+        workers.start(context)
+    orders = all_final(ids, timeout=120)
+    assert all(o.status == "confirmed" for o in orders)
+    assert_consistent(orders, big_catalogue)
+
+
+def test_the_dashboard_shows_what_waits_for_each_group(redis_settings, catalogue, api, admin_client):
+    from apps.mediator import runtime
+    from apps.mediator.transports.redis import topology
+
+    runtime.reset()  # this process publishes over Redis from here on
+    transport = runtime.get_mediator().transport
+    registry = runtime.get_registry()
+    groups = {d.name for d in topology.durables(registry, registry.contexts)}
+    # No worker runs: each order's ReserveStock waits in inventory's command stream.
+    for _ in range(3):
+        place(api, [{"sku": "SKU-A", "quantity": 1}])
+
+    counts = wait_until(
+        lambda: (c := transport.consumer_pending()) and c.get("inventory_cmd") == 3 and c,
+        timeout=15,
+        what="three commands waiting for inventory_cmd",
+    )
+    assert set(counts) == groups
+    # Command groups: nothing for the others. An event group's lag counts every event of the
+    # streams it reads, the types it will skip unread too (docs/redis-transport.md).
+    assert all(n == 0 for name, n in counts.items() if "_cmd" in name and name != "inventory_cmd"), counts
+    html = admin_client.get("/admin/mediator/message/dashboard/?refresh=0").content.decode()
+    assert '<th scope="row">inventory_cmd</th><td class="catga-num">3</td>' in html
