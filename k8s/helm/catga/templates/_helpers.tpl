@@ -42,11 +42,40 @@ nats://nats:4222
 {{- end -}}
 {{- end }}
 
-{{/* catga-env's data, as YAML. */}}
+{{/* "true" when the transport is Redis Streams (else empty). */}}
+{{- define "catga.redis" -}}
+{{- if eq .Values.transport "redis" }}true{{ end -}}
+{{- end }}
+
+{{/* "true" when the release runs NATS: the transport is NATS and nats.enabled. */}}
+{{- define "catga.natsInRelease" -}}
+{{- if and (not (include "catga.redis" .)) .Values.nats.enabled }}true{{ end -}}
+{{- end }}
+
+{{/* "true" when the release runs Redis: the transport is Redis and redis.enabled. */}}
+{{- define "catga.redisInRelease" -}}
+{{- if and (include "catga.redis" .) .Values.redis.enabled }}true{{ end -}}
+{{- end }}
+
+{{- define "catga.redisUrl" -}}
+{{- if .Values.redis.enabled -}}
+redis://redis:6379/0
+{{- else -}}
+{{ required "redis.url is required with transport redis when redis.enabled is false" .Values.redis.url }}
+{{- end -}}
+{{- end }}
+
+{{/* catga-env's data, as YAML. With Redis, none of the NATS settings: the Redis transport
+refuses CATGA_STREAM_REPLICAS at start-up, and NATS_URL would name a server that is not there. */}}
 {{- define "catga.envData" -}}
 {{- $env := deepCopy .Values.config.env -}}
+{{- $_ := set $env "CATGA_TRANSPORT" .Values.transport -}}
+{{- if include "catga.redis" . -}}
+{{- $_ := set $env "REDIS_URL" (include "catga.redisUrl" .) -}}
+{{- else -}}
 {{- $_ := set $env "NATS_URL" (include "catga.natsUrl" .) -}}
 {{- $_ := set $env "CATGA_STREAM_REPLICAS" (include "catga.streamReplicas" .) -}}
+{{- end -}}
 {{- $_ := set $env "CATGA_PUBLIC_HOSTS" (join "," .Values.config.publicHosts) -}}
 {{- toYaml $env -}}
 {{- end }}
@@ -194,6 +223,27 @@ NATS_PASSWORD_{{ upper . }}
       key: {{ include "catga.passwordKey" .role }}
 {{- end }}
 
+{{/* With Redis: the password every app container reads, the key redis-password of the app
+Secret (.secret); Redis itself reads the same key. */}}
+{{- define "catga.redisPasswordEnv" -}}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secret }}
+      key: redis-password
+{{- end }}
+
+{{/* A container's role (what it may publish): with NATS its own user and password too
+(catga.natsUserEnv); with Redis the role alone, the password being REDIS_PASSWORD. */}}
+{{- define "catga.roleEnv" -}}
+{{- if include "catga.redis" .root -}}
+- name: CATGA_ROLE
+  value: {{ .role }}
+{{- else -}}
+{{ include "catga.natsUserEnv" (dict "role" .role "secret" (include "catga.natsUsersName" .root)) }}
+{{- end -}}
+{{- end }}
+
 {{/* Extra env (name: value map) as a list. */}}
 {{- define "catga.extraEnv" -}}
 {{- range $name, $value := . }}
@@ -252,7 +302,28 @@ permissions.conf: {{ .Files.Get "files/permissions.conf" | toJson }}
 nats-config-{{ include "catga.natsConfigData" . | include "catga.hash" }}
 {{- end }}
 
-{{/* NetworkPolicy egress of the app's pods: NATS, then PostgreSQL and OTLP. */}}
+{{/* NetworkPolicy egress of the app's pods: NATS or Redis, then PostgreSQL and OTLP. */}}
+{{- define "catga.transportEgress" -}}
+{{- if include "catga.redis" . }}
+{{- include "catga.redisEgress" . }}
+{{- else }}
+{{- include "catga.natsEgress" . }}
+{{- end }}
+{{- end }}
+{{- define "catga.redisEgress" -}}
+{{- if .Values.redis.enabled }}
+- to:
+    - podSelector:
+        matchLabels:
+          app.kubernetes.io/name: redis
+  ports:
+{{- else }}
+# An external Redis: any address.
+- ports:
+{{- end }}
+    - protocol: TCP
+      port: 6379
+{{- end }}
 {{- define "catga.natsEgress" -}}
 {{- if .Values.nats.enabled }}
 - to:
@@ -276,4 +347,14 @@ nats-config-{{ include "catga.natsConfigData" . | include "catga.hash" }}
       port: 4317
     - protocol: TCP
       port: 4318
+{{- end }}
+
+{{/* redis.conf: files/redis.conf (k8s/components/redis/redis.conf) with redis.maxmemory. */}}
+{{- define "catga.redisConfigData" -}}
+{{- $conf := regexReplaceAll "(?m)^maxmemory .*$" (.Files.Get "files/redis.conf") (printf "maxmemory %s" .Values.redis.maxmemory) -}}
+redis.conf: {{ $conf | toJson }}
+{{- end }}
+
+{{- define "catga.redisConfigName" -}}
+redis-config-{{ include "catga.redisConfigData" . | include "catga.hash" }}
 {{- end }}
