@@ -1,0 +1,17 @@
+import json
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from rest_framework.authtoken.models import Token
+
+from bench.celery_peer.shop.models import Item
+
+
+class Command(BaseCommand):
+    help = "The benchmark's user, token and item (stock without limit); prints {token, sku} as JSON."
+
+    def handle(self, *args, **options):
+        user, _ = get_user_model().objects.get_or_create(username="bench")
+        token, _ = Token.objects.get_or_create(user=user)
+        Item.objects.update_or_create(sku="SKU-BENCH", defaults={"on_hand": 10**9, "reserved": 0})
+        self.stdout.write(json.dumps({"token": token.key, "sku": "SKU-BENCH"}))
