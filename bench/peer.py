@@ -18,7 +18,7 @@ import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
-from bench import infra
+from bench import cost, infra
 
 PEER_BROKER = "redis://127.0.0.1:6379/15"  # the machine's Redis, a database of the peer's own, flushed
 PEER_DATABASE = "bench_celery"
@@ -205,7 +205,7 @@ def run_variant(bench, db: infra.Database, env: dict, prefix: str) -> dict:
     p = bench.procs()
     py = sys.executable
     shop = p.run([py, "-m", "django", "seed_bench"], **env)
-    p.start(
+    worker = p.start(
         prefix + "worker",
         [
             py, "-m", "celery", "-A", "bench.celery_peer", "worker", "--pool", "prefork", "--concurrency", "4",
@@ -214,7 +214,7 @@ def run_variant(bench, db: infra.Database, env: dict, prefix: str) -> dict:
         **env,
     )  # fmt: skip
     port = infra.free_port()
-    p.start(
+    web = p.start(
         prefix + "gunicorn",
         [
             py, "-m", "gunicorn", "bench.celery_peer.wsgi:application", "--bind", f"127.0.0.1:{port}",
@@ -231,6 +231,10 @@ def run_variant(bench, db: infra.Database, env: dict, prefix: str) -> dict:
     place_one(base, shop["token"])
     if orders.settle(timeout=60):
         raise RuntimeError(f"the peer's worker finished no order in 60 s (logs in {bench.logs})")
+    meter = cost.Meter(db, admin=db.admin(), redis_url=PEER_BROKER)
+    roles = {"web": [web], "worker": [worker]}
+    meter.start(roles, servers={"postgres": cost.postgres_pid(bench.embedded), "redis": cost.redis_pid(PEER_BROKER)})
+    metered_since = time.time()
     try:
         sizes = ("peer_seconds", "peer_warmup")  # the saga's in a full run; shorter with --quick (smoke test)
         figures = closed_loop(bench, p, base, shop["token"], orders, prefix=prefix, drain=300, sizes=sizes)[1]
@@ -241,4 +245,6 @@ def run_variant(bench, db: infra.Database, env: dict, prefix: str) -> dict:
         )
         # The history the results variant keeps: one row per task run (none without a backend).
         bench.extra[prefix + "task_results"] = db.execute("SELECT count(*) FROM django_celery_results_taskresult")[0][0]
+        meter.take_cpu(roles)
         p.stop_all()
+        bench.extra[prefix + "cost"] = meter.per_order(orders.finished_since(metered_since)[0])

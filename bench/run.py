@@ -6,7 +6,8 @@ Loopback only and bounded in time: it starts its own nats-server (nats-server-bi
 uses the PostgreSQL server of DATABASE_URL (default postgres://postgres@127.0.0.1:5432)
 with a database of its own, `bench` (BENCH_DATABASE to rename it; created when missing,
 its app tables emptied before each scenario, so never name one you keep), Redis at
-127.0.0.1:6379 for the Celery baseline and the Redis transport (database 14, flushed), and
+127.0.0.1:6379 for the Celery baseline and the Redis transport (database 14, flushed), the
+Celery peer's database `bench_celery` and Redis database 15 (bench/peer.py), and
 child processes for everything measured:
 the senders, `manage.py run_consumer`, gunicorn and the HTTP load. It prints a table
 and writes the JSON (numbers; null only for a skipped baseline, with the reason).
@@ -26,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import infra
+from bench import cost, infra, peer
 
 PY = sys.executable
 
@@ -49,6 +50,8 @@ SIZES = {
     "celery_chain": (1_000, 30),
     "saga_seconds": (35.0, 6.0),
     "saga_warmup": (5.0, 1.0),
+    "peer_seconds": (35.0, 2.0),  # the Celery peer: the same load as the saga in a full run
+    "peer_warmup": (5.0, 0.5),
     "latency_seconds": (15.0, 3.0),
 }
 
@@ -68,6 +71,21 @@ KEYS = [
     "consumer_rss_mib",
     "web_worker_rss_mib",
     "scale_2_consumers",
+    "saga_e2e_orders_per_s",
+    "saga_cpu_ms_per_order",
+    "saga_accepted_per_s",
+    "saga_p50_ms",
+    "saga_p99_ms",
+    "celery_saga_e2e_orders_per_s",
+    "celery_saga_cpu_ms_per_order",
+    "celery_saga_accepted_per_s",
+    "celery_saga_p50_ms",
+    "celery_saga_p99_ms",
+    "celery_results_saga_e2e_orders_per_s",
+    "celery_results_saga_cpu_ms_per_order",
+    "celery_results_saga_accepted_per_s",
+    "celery_results_saga_p50_ms",
+    "celery_results_saga_p99_ms",
     "redis_e2e_noop_msgs_per_s",
     "redis_saga_orders_per_s",
     "redis_order_latency_p50_ms",
@@ -304,9 +322,19 @@ class Bench:
         infra.wait_until(lambda: infra.http_status(base + "/api/inventory/items/") == 200, timeout=60, what="gunicorn")
         rss = RssSampler(consumers, web)
         rss.start()
+        roles = {"web": [web], **dict(zip(("orders", "inventory", "payments"), ([c] for c in consumers), strict=True))}
+        meter = cost.Meter(
+            self.db, admin=self.db.admin(), **({"redis_url": REDIS_URL} if self.prefix else {"nats": self.nats})
+        )
+        servers = {"postgres": cost.postgres_pid(self.embedded)}
+        servers |= {"redis": cost.redis_pid(REDIS_URL)} if self.prefix else {"nats": self.nats.proc.pid}
+        meter.start(roles, servers=servers)
+        metered_since = time.time()
         try:
-            seconds, warmup = self.size("saga_seconds"), self.size("saga_warmup")
-            load = self._load(p, base, shop["token"], seconds=seconds + warmup, clients=8)
+            warmup = self.size("saga_warmup")
+            # Also the figures the Celery peer gets (bench/peer.py): end to end, CPU, accepted.
+            orders, label = peer.ours(self.db), self.prefix + "saga_"
+            load, figures = peer.closed_loop(self, p, base, shop["token"], orders, prefix=label, drain=60)
             since = load["start"] + warmup
             # Orders confirmed in the measured window, counted once the load stopped and its
             # backlog drained (up to 60 s), so the last seconds count as fully as the first.
@@ -328,15 +356,24 @@ class Bench:
             self.results[self.prefix + "order_latency_p50_ms"] = latency["p50"]
             self.results[self.prefix + "order_latency_p99_ms"] = latency["p99"]
             self.extra[self.prefix + "order_latency_rate_per_s"] = rate
+            figures |= peer.paced(self, p, base, shop["token"], orders, prefix=label, drain=45)
+            for figure, value in figures.items():  # ours over NATS in the table; over Redis in extra
+                (self.extra if self.prefix else self.results)[label + figure] = value
             self.extra[self.prefix + "order_counts"] = p.run([PY, "-m", "bench.drive", "order-counts"])
+            meter.take_cpu(roles)
         finally:
             rss.stop()
             p.stop_all()
+        self.extra[self.prefix + "saga_cost"] = meter.per_order(orders.finished_since(metered_since)[0])
         if not self.prefix:
             self.results["consumer_rss_mib"] = rss.consumer_peak
             self.results["web_worker_rss_mib"] = rss.web_peak
         else:
             self.extra[self.prefix + "consumer_rss_mib"] = rss.consumer_peak
+
+    def celery_saga(self) -> None:
+        """The same order flow written the Celery way (bench/celery_peer), with and without task history."""
+        peer.celery_saga(self)
 
     def redis(self) -> None:
         """The e2e no-op and the order saga again, over the Redis transport (the machine's Redis)."""
@@ -410,7 +447,28 @@ class Bench:
             ("redis_e2e_noop >= 0.5 x e2e_noop (NATS)", ratio("redis_e2e_noop_msgs_per_s", "e2e_noop_msgs_per_s", 0.5)),
             ("redis_saga_orders >= saga_orders (NATS)", ratio("redis_saga_orders_per_s", "saga_orders_per_s", 1)),
         ]
+        for peer_prefix in peer.VARIANTS:  # ours against the Celery peer, with and without its history
+            name = peer_prefix.removesuffix("_saga_")
+            rows += [
+                (f"saga_e2e >= 2 x {name}", ratio("saga_e2e_orders_per_s", peer_prefix + "e2e_orders_per_s", 2)),
+                (
+                    f"saga_cpu/order <= 0.5 x {name}",
+                    ratio(peer_prefix + "cpu_ms_per_order", "saga_cpu_ms_per_order", 2),
+                ),
+                (f"saga_accepted >= {name}", ratio("saga_accepted_per_s", peer_prefix + "accepted_per_s", 1)),
+                (f"saga_p99 <= {name}", ratio(peer_prefix + "p99_ms", "saga_p99_ms", 1)),
+            ]
         return [(name, value, None if value is None else value >= 1.0) for name, value in rows]
+
+    def ours_over_celery(self) -> dict:
+        """Each saga figure, ours divided by the Celery peer's (higher is better for rates, lower for the rest)."""
+        ratios = {}
+        for figure in peer.FIGURES:
+            ratios[figure] = {}
+            for peer_prefix in peer.VARIANTS:
+                a, b = self.results.get("saga_" + figure), self.results.get(peer_prefix + figure)
+                ratios[figure][peer_prefix.removesuffix("_saga_")] = None if a is None or not b else a / b
+        return ratios
 
     def report(self, started: float) -> dict:
         for key, value in list(self.results.items()):
@@ -418,6 +476,7 @@ class Bench:
                 self.results[key] = None
                 self.notes.append(f"{key}: no measurement (nothing was handled in time)")
         targets = self.targets()
+        self.extra["ours_over_celery"] = self.ours_over_celery()
         document = {
             **{key: self.results.get(key) for key in KEYS},
             "extra": self.extra,
@@ -440,18 +499,24 @@ class Bench:
         print()
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"{os.cpu_count()} CPUs, load average at the end {load} (at the start {self.load_at_start[0]:.1f})")
-        print(f"{'metric':34} {'value':>12}   anchor")
-        print("-" * 78)
+        print(f"{'metric':38} {'value':>12}   anchor")
+        print("-" * 82)
         for key in KEYS:
             value = self.results.get(key)
             shown = "-" if value is None else f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
-            print(f"{key:34} {shown:>12}   {ANCHORS.get(key, '')}")
+            print(f"{key:38} {shown:>12}   {ANCHORS.get(key, '')}")
         print()
         print(f"{'target':40} {'attained':>9}   holds")
         print("-" * 60)
         for name, value, holds in targets:
             shown = "-" if value is None else f"{value:.0%}"
             print(f"{name:40} {shown:>9}   {'yes' if holds else 'n/a' if holds is None else 'NO'}")
+        print()
+        print(f"{'ours / Celery':40} {'celery':>9} {'celery_results':>15}")
+        print("-" * 66)
+        for figure, by_variant in self.extra["ours_over_celery"].items():
+            shown = ["-" if v is None else f"{v:.2f}" for v in by_variant.values()]
+            print(f"{figure:40} {shown[0]:>9} {shown[1]:>15}")
         for note in self.notes:
             print(f"note: {note}")
         return document
@@ -493,7 +558,7 @@ def _finite(value):
     return value
 
 
-SCENARIOS = ["raw", "e2e", "scale", "hop", "inprocess", "celery", "saga", "redis"]
+SCENARIOS = ["raw", "e2e", "scale", "hop", "inprocess", "celery", "saga", "celery_saga", "redis"]
 
 
 def main() -> int:
