@@ -160,6 +160,11 @@ class MessageAdmin(revocations.RevokeActions, ReadOnlyAdmin):
 
     @admin.display(description="published (UTC)")
     def published(self, obj):
+        delivered = (Message.Status.HANDLED, Message.Status.FAILED, Message.Status.DEAD)
+        if obj.published_at is None and obj.status in delivered:
+            # Handled before the publisher's mark came (it waits a moment and then skips handled
+            # rows): JetStream had it by the time of its first delivery, shown below.
+            return "before its first delivery"
         return precise(obj.published_at) or "—"
 
     # -- one message --------------------------------------------------------------

@@ -21,11 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.db import close_old_connections, connection, reset_queries
 
+from apps.mediator.storage.hygiene import hygiene
+
 logger = logging.getLogger("catga.worker")
 
 FAST_JOB = 0.002  # seconds per job under which one thread takes every job waiting
-HYGIENE_INTERVAL = 1.0  # seconds between a thread's close_old_connections() while it is busy
-_thread = threading.local()
 
 
 class Job:
@@ -118,10 +118,7 @@ class HandlerPool:
         every HYGIENE_INTERVAL, and at once after a database error.
         """
         reset_queries()
-        now = time.monotonic()
-        if now - getattr(_thread, "hygiene_at", 0.0) >= HYGIENE_INTERVAL:
-            _thread.hygiene_at = now
-            close_old_connections()
+        hygiene()
         try:
             index = 0
             while index < len(chunk):

@@ -17,7 +17,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from django.db import close_old_connections, reset_queries
+from django.db import close_old_connections, connection, reset_queries
 
 from apps.mediator.consumer.handler_pool import HandlerPool
 from apps.mediator.consumer.health import HealthServer
@@ -34,6 +34,7 @@ from apps.mediator.delivery.dispatcher import Dispatcher
 from apps.mediator.delivery.outcome import ACK, DEAD, RETRY, Outcome
 from apps.mediator.observability import metrics
 from apps.mediator.storage import outage, outbox, schedules
+from apps.mediator.storage.hygiene import hygiene
 
 logger = logging.getLogger("catga.worker")
 
@@ -373,13 +374,14 @@ class Worker:
 
 
 def _in_thread(func, args, kwargs):
-    """Run ORM work with per-message connection hygiene (as Django does per request)."""
+    """Run ORM work with Django's connection hygiene (storage/hygiene.py), and at once after an error."""
     reset_queries()
-    close_old_connections()
+    hygiene()
     try:
         return func(*args, **kwargs)
     finally:
-        close_old_connections()
+        if connection.errors_occurred:
+            close_old_connections()
 
 
 def _stand_in(delivery: Delivery) -> Envelope:

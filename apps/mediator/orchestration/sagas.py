@@ -45,7 +45,7 @@ from apps.mediator.core.messages import Command, Event
 from apps.mediator.models import Message as MessageRow
 from apps.mediator.models import SagaState
 from apps.mediator.observability import metrics
-from apps.mediator.storage import outage
+from apps.mediator.storage import outage, outbox
 
 LATE_TIMER = 5.0  # seconds past due (and half the step's timeout) that say the system was away
 MAX_REARMS = 5  # late timers re-armed per step, then it times out as usual
@@ -201,7 +201,7 @@ class Saga:
         (one message fewer to publish and handle); a published one will find nothing to do."""
         timer = state.data.get("_timer")
         if timer:
-            MessageRow.objects.filter(pk=timer, status=MessageRow.Status.PENDING).delete()
+            outbox.withdraw(timer)
 
     @classmethod
     def _on_reply(cls, event: Event, ctx) -> None:

@@ -7,8 +7,13 @@ own loop when attached). What cannot be published in time stays `pending` in the
 outbox for the relay. The loop thread is recreated after fork (gunicorn preload).
 
 Publishes are coalesced: whatever is handed over while a flush is waiting for the
-loop joins that flush, which publishes it pipelined, waits for all the acks at once
-and marks the outbox rows in one statement (one per burst, not one per message).
+loop joins that flush, which publishes it pipelined and waits for all the acks at once.
+The acked rows are marked published a moment later (MARK_DELAY), in one statement for
+every flush of that moment: by then most were handled, and the mark (of rows still
+pending only) writes nothing for them; each skipped write is a row version and an entry
+in every index of the history saved (issue 16). The delay is well inside RELAY_GRACE, so
+the relay does not take a row whose mark is on its way; a mark lost with the process
+means the relay re-sends the row, and JetStream's de-duplication drops the copy.
 """
 
 import asyncio
@@ -22,7 +27,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from django.db import close_old_connections, connections
+from django.db import connections
 from nats.js.errors import NotFoundError
 
 from apps.mediator.core import roles
@@ -31,6 +36,7 @@ from apps.mediator.core.envelope import Envelope
 from apps.mediator.core.messages import SUBJECT_SEGMENT, QoS
 from apps.mediator.core.ports import Outgoing, Transport
 from apps.mediator.storage import history
+from apps.mediator.storage.hygiene import hygiene
 from apps.mediator.transports.nats import connection, stats, topology
 from apps.mediator.transports.nats.subscription import NatsReceiver
 
@@ -54,8 +60,15 @@ async def _cancel_others() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+MARK_DELAY = 1.0  # seconds; at most a quarter of RELAY_GRACE
+
+
+def mark_delay() -> float:
+    return min(MARK_DELAY, catga_settings.RELAY_GRACE / 4)
+
+
 def _mark_published(ids: list[str]) -> None:
-    close_old_connections()
+    hygiene()
     history.mark_published(ids)
 
 
@@ -81,6 +94,9 @@ class NatsTransport(Transport):
         # Handed over, not yet taken by a flush; `_flush_pending` is the flush that will take them.
         self._queue: list[Outgoing] = []
         self._flush_pending: concurrent.futures.Future | None = None
+        # Acked, their rows not yet marked published; the loop's task that will mark them.
+        self._to_mark: list[str] = []
+        self._marking: asyncio.Task | None = None
 
     # -- wiring --------------------------------------------------------------
 
@@ -171,7 +187,28 @@ class NatsTransport(Transport):
     async def _publish_and_mark(self, batch: Sequence[Outgoing]) -> None:
         acked = await self.publish_now(batch)
         if acked:
-            await asyncio.get_running_loop().run_in_executor(self._db, _mark_published, acked)
+            self._to_mark.extend(acked)
+            if self._marking is None:
+                self._marking = asyncio.get_running_loop().create_task(self._mark_soon())
+
+    async def _mark_soon(self) -> None:
+        """After MARK_DELAY (or at once when cancelled: close), mark what was acked meanwhile."""
+        done = concurrent.futures.Future()  # close() waits for it with the flushes
+        self._inflight.add(done)
+        done.add_done_callback(self._inflight.discard)
+        try:
+            await asyncio.sleep(mark_delay())
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._marking = None
+            ids, self._to_mark = self._to_mark, []
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._db, _mark_published, ids)
+            except Exception:  # the rows stay pending: the relay re-sends them, de-duplicated
+                logger.warning("could not mark %d message(s) published", len(ids), exc_info=True)
+            finally:
+                done.set_result(None)
 
     async def publish_now(self, batch: Sequence[Outgoing]) -> list[str]:
         """Publish with Nats-Msg-Id and wait for JetStream's acks; returns the acked ids.
@@ -298,7 +335,12 @@ class NatsTransport(Transport):
             await nc.close()
 
     def close(self) -> None:
-        # Let publishes handed over just before exit finish (the relay would catch up, but later).
+        # Let publishes handed over just before exit finish (the relay would catch up, but
+        # later), and their marks be written now rather than after MARK_DELAY.
+        marking, loop = self._marking, self._loop
+        if marking is not None and loop is not None and self._pid == os.getpid():
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(marking.cancel)
         concurrent.futures.wait(list(self._inflight), timeout=catga_settings.PUBLISH_TIMEOUT * 2)
         with contextlib.suppress(RuntimeError):  # at interpreter exit the pool is already shut
             self._db.submit(connections.close_all).result(10)

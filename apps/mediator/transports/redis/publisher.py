@@ -23,13 +23,14 @@ import time
 from collections.abc import Sequence
 
 import redis.cluster
-from django.db import close_old_connections, connections
+from django.db import connections
 from redis.exceptions import RedisError
 
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.core.messages import QoS
 from apps.mediator.core.ports import Outgoing, Transport
 from apps.mediator.storage import history
+from apps.mediator.storage.hygiene import hygiene
 from apps.mediator.transports.redis import connection, entries, scripts, stats, topology
 
 logger = logging.getLogger("catga.redis")
@@ -234,7 +235,7 @@ class RedisTransport(Transport):
     @staticmethod
     def _mark(ids: list[str]) -> None:
         try:
-            close_old_connections()
+            hygiene()
             history.mark_published(ids)
         except Exception:  # PostgreSQL down: the rows stay pending, the relay re-sends (de-duplicated)
             logger.warning("could not mark %d message(s) published", len(ids), exc_info=True)
