@@ -54,7 +54,7 @@ lint: $(STAMP)
 unit: $(STAMP)
 	DJANGO_DEBUG=0 $(BIN)/python -m pytest tests/unit
 
-## The benchmark suite (bench/run.py, < 10 min): its own NATS, PostgreSQL from DATABASE_URL
+## The benchmark suite (bench/run.py, about 11 min): its own NATS, PostgreSQL from DATABASE_URL
 ## (unset: an embedded server of its own), Redis for the Celery baseline.
 ## Prints a table and writes bench/results/latest.json. BENCH_ARGS=--quick for a smoke run.
 bench: $(STAMP)

@@ -51,7 +51,10 @@ def main() -> None:
         atexit.register(embedded.stop)
     os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-a-secret")
     os.environ.setdefault("CATGA_DATA_DIR", workdir)
-    os.environ.setdefault("DJANGO_STATIC_ROOT", workdir)  # nothing is collected; whitenoise wants a folder
+    # Nothing is collected; whitenoise wants a folder, one without the database's socket in it.
+    static = Path(workdir) / "static"
+    static.mkdir()
+    os.environ.setdefault("DJANGO_STATIC_ROOT", str(static))
     os.environ["CATGA_TRANSPORT"] = "memory"
     os.environ["DJANGO_DEBUG"] = "0"
     os.environ.setdefault("DJANGO_SECURE_SSL_REDIRECT", "0")  # the test client speaks plain HTTP

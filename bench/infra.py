@@ -198,6 +198,31 @@ class Database:
             cursor = conn.execute(query, params)
             return cursor.fetchall() if cursor.description else None
 
+    def preload_history(self, count: int) -> None:
+        """`count` handled messages, each with its succeeded delivery, a day old, in conversations
+        of seven (an order's), ids sorting before any new ULID; then VACUUM ANALYZE, as a
+        history that has lived would be."""
+        self.execute(
+            "INSERT INTO mediator_message (id, type, kind, context, correlation_id, causation_id, qos, status,"
+            " payload, headers, created_at, published_at, publish_attempts, last_error)"
+            " SELECT '00' || lpad(g::text, 24, '0'), (ARRAY['orders.PlaceOrder', 'inventory.ReserveStock',"
+            " 'inventory.StockReserved', 'payments.ChargePayment', 'payments.PaymentCaptured',"
+            " 'orders.ConfirmOrder', 'orders.OrderConfirmed'])[g %% 7 + 1], CASE WHEN g %% 2 = 0 THEN 'command'"
+            " ELSE 'event' END, (ARRAY['orders', 'inventory', 'payments'])[g %% 3 + 1],"
+            " '00' || lpad((g / 7)::text, 24, '0'), '', 'at_least_once', 'handled', '{}', '{}',"
+            " now() - interval '1 day' + g * interval '1 ms', now() - interval '1 day' + g * interval '1 ms', 1, ''"
+            " FROM generate_series(1, %s) AS g",
+            [count],
+        )
+        self.execute(
+            "INSERT INTO mediator_delivery (message_id, handler, context, status, attempts, first_started_at,"
+            " started_at, finished_at, duration_ms, error, traceback, result, attempt_log)"
+            " SELECT id, 'bench.preloaded', context, 'succeeded', 1, created_at, created_at, created_at, 1.0,"
+            " '', '', NULL, '[]' FROM mediator_message WHERE id < '01'"
+        )
+        self.execute("VACUUM ANALYZE mediator_message")
+        self.execute("VACUUM ANALYZE mediator_delivery")
+
     def truncate_app_tables(self) -> None:
         tables = [
             row[0]

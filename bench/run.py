@@ -53,6 +53,9 @@ SIZES = {
     "peer_seconds": (35.0, 2.0),  # the Celery peer: the same load as the saga in a full run
     "peer_warmup": (5.0, 0.5),
     "latency_seconds": (15.0, 3.0),
+    # Handled messages (and as many deliveries) in the history before the saga runs: does
+    # an order cost more with a big history? (0: an empty one.)
+    "history_rows": (0, 0),
 }
 
 KEYS = [
@@ -306,6 +309,13 @@ class Bench:
 
     def saga(self) -> None:
         self.fresh()
+        if self.size("history_rows"):
+            started = time.monotonic()
+            self.db.preload_history(self.size("history_rows"))
+            self.log(
+                f"history preloaded with {self.size('history_rows'):,} messages in {time.monotonic() - started:.0f}s"
+            )
+            self.extra[self.prefix + "saga_history_rows"] = self.size("history_rows")
         p = self.procs()
         shop = p.run([PY, "-m", "bench.drive", "seed-shop"])
         consumers = [p.consumer(context) for context in ("orders", "inventory", "payments")]
