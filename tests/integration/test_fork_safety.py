@@ -46,3 +46,45 @@ def test_a_forked_child_gets_its_own_publisher_and_connection(nats_settings):
     assert os.waitstatus_to_exitcode(status) == 0
     stream = js_call(nats_settings.CATGA["NATS_URL"], lambda nc, js: js.stream_info("CATGA_CMD"))
     assert stream.state.messages == 2
+
+
+def test_a_child_forked_while_a_mark_is_on_its_way_still_marks_its_own(nats_settings):
+    """The parent's mark task (MARK_DELAY) and marking thread are not the child's: inherited,
+    they would hold back every mark of the child, whose rows the relay would then re-send."""
+    transport = get_mediator().transport
+    transport.publish([outgoing("parent-first")])
+    # The parent's marking thread exists once its first mark ran (against no row: it only logs).
+    deadline = time.monotonic() + 10
+    while transport._marking is not None or transport._to_mark:
+        assert time.monotonic() < deadline, "the parent's first mark never ran"
+        time.sleep(0.05)
+    transport.publish([outgoing("parent-second")])
+    while transport._marking is None:  # its mark is now waiting out MARK_DELAY
+        assert time.monotonic() < deadline, "the parent's second publish was never acked"
+        time.sleep(0.01)
+
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            transport.publish([outgoing("child")])
+            limit = time.monotonic() + 10
+            while transport._marking is None:  # acked: its mark is on its way
+                if time.monotonic() > limit:
+                    os._exit(2)
+                time.sleep(0.01)
+            while transport._marking is not None or transport._to_mark:
+                if time.monotonic() > limit:
+                    os._exit(3)  # the child's mark never ran
+                time.sleep(0.05)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        assert time.monotonic() < deadline, "the forked child hung"
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -103,6 +103,8 @@ class NatsTransport(Transport):
     def attach(self, loop: asyncio.AbstractEventLoop, nc, js) -> None:
         """Share run_consumer's loop and connection instead of starting a thread."""
         with self._lock:
+            if self._pid != os.getpid():
+                self._forget_pending()
             self._pid, self._loop, self._nc, self._js = os.getpid(), loop, nc, js
             self._owns_loop = False
             self._connected = asyncio.Event()
@@ -115,6 +117,8 @@ class NatsTransport(Transport):
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None or self._pid != os.getpid():
+                if self._pid != os.getpid():
+                    self._forget_pending()
                 self._pid = os.getpid()
                 self._loop = asyncio.new_event_loop()
                 self._owns_loop = True
@@ -125,6 +129,14 @@ class NatsTransport(Transport):
                 thread.start()
                 ready.wait()
             return self._loop
+
+    def _forget_pending(self) -> None:
+        """After fork: what the parent's loop had on its way is the parent's; a flush or mark
+        task inherited from it would never run here, and would hold back every one of ours."""
+        self._queue, self._flush_pending = [], None
+        self._to_mark, self._marking = [], None
+        # The parent's marking thread did not survive the fork: a pool holding it would queue forever.
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catga-outbox-mark")
 
     def _run_loop(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
         asyncio.set_event_loop(loop)
