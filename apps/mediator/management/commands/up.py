@@ -71,6 +71,9 @@ class Command(BaseCommand):
         self.children: list[tuple[str, subprocess.Popen]] = []
         self._stopping = threading.Event()
         previous = signal.signal(signal.SIGTERM, lambda *_: self._stopping.set())
+        # Ctrl-C (SIGINT) stops the stack even when started where SIGINT is ignored (a shell's
+        # background job: Python then installs no handler of its own).
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         self.postgres = None
         try:
             if not os.environ.get("DATABASE_URL"):
@@ -118,6 +121,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"PostgreSQL: stopping (data kept in {self.postgres.data})")
                 self.postgres.stop()
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
 
     def _start_postgres(self) -> None:
         # The folder and socket the settings name when DATABASE_URL is unset.
