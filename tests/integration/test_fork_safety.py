@@ -21,6 +21,17 @@ def outgoing(order_id: str) -> Outgoing:
     return Outgoing(Envelope.for_message(message, qos=QoS.AT_LEAST_ONCE), msgspec.json.encode(message))
 
 
+def child_exit_code(pid: int, hung: str, timeout: float = 30) -> int:
+    """Wait (polling, with a deadline) for a forked child's exit; fails with `hung` if it never ends."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        assert time.monotonic() < deadline, hung
+        time.sleep(0.05)
+
+
 def test_a_forked_child_gets_its_own_publisher_and_connection(nats_settings):
     transport = get_mediator().transport
     parent_item = outgoing("before-fork")
@@ -36,14 +47,7 @@ def test_a_forked_child_gets_its_own_publisher_and_connection(nats_settings):
             code = 0 if acked == [child_item.envelope.id] and transport._loop is not parent_loop else 2
         finally:
             os._exit(code)
-    deadline = time.monotonic() + 30
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        assert time.monotonic() < deadline, "the forked child hung publishing"
-        time.sleep(0.05)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_exit_code(pid, "the forked child hung publishing") == 0
     stream = js_call(nats_settings.CATGA["NATS_URL"], lambda nc, js: js.stream_info("CATGA_CMD"))
     assert stream.state.messages == 2
 
@@ -80,11 +84,4 @@ def test_a_child_forked_while_a_mark_is_on_its_way_still_marks_its_own(nats_sett
             code = 0
         finally:
             os._exit(code)
-    deadline = time.monotonic() + 30
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        assert time.monotonic() < deadline, "the forked child hung"
-        time.sleep(0.05)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_exit_code(pid, "the forked child hung") == 0
