@@ -135,6 +135,13 @@ class SagaState(models.Model):
     data = models.JSONField(default=dict)
     # [{"step", "event": started|completed|failed|timed_out|compensating|cancelled|..., "at", "message_id", "detail"}]
     step_log = models.JSONField(default=list)
+    # The current step's timer: when its Timeout command is due (null: none armed) and which
+    # re-arm it is. A column swept by the consumers, not a scheduled message in the history,
+    # which every settled step would insert and delete (issue 16).
+    deadline = models.DateTimeField(null=True, blank=True)
+    # db_default: the processes of the previous release, running beside this one in a rolling
+    # upgrade, insert sagas without it.
+    timer_attempt = models.PositiveSmallIntegerField(default=0, db_default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -143,6 +150,8 @@ class SagaState(models.Model):
         constraints = [models.UniqueConstraint(fields=["name", "correlation_id"], name="one_saga_per_conversation")]
         indexes = [
             models.Index(fields=["status", "updated_at"], name="saga_status_updated"),
+            # The timer sweep's: only armed rows are in it, so it stays the size of the running sagas.
+            models.Index(fields=["deadline"], name="saga_deadline", condition=models.Q(deadline__isnull=False)),
             # The admin finds a conversation's sagas by correlation id alone (search, links).
             models.Index(fields=["correlation_id"], name="saga_correlation"),
         ]

@@ -26,7 +26,7 @@ from apps.mediator.core.ports import Transport
 from apps.mediator.core.registry import Registry
 from apps.mediator.delivery.dispatcher import Dispatcher
 from apps.mediator.delivery.mediator import Mediator
-from apps.mediator.orchestration import workflows
+from apps.mediator.orchestration import sagas, workflows
 
 _lock = threading.Lock()
 _instance: Mediator | None = None
@@ -52,7 +52,8 @@ def get_registry() -> Registry:
 
 
 def build_dispatcher() -> Dispatcher:
-    return Dispatcher(get_registry(), Pipeline.from_paths(catga_settings.BEHAVIORS), workflows=workflows)
+    pipeline = Pipeline.from_paths(catga_settings.BEHAVIORS)
+    return Dispatcher(get_registry(), pipeline, workflows=workflows, timers=sagas)
 
 
 def transport_class() -> type[Transport]:

@@ -87,8 +87,35 @@ def test_a_stalled_payment_step_times_out_compensates_and_cancels(
     saga = saga_of(api, order_id)
     assert ("charge_payment", "timed_out") in events(saga)
     assert Item.objects.get(sku="SKU-A").reserved == 0
-    # The reserve step's own timeout came due too, and found its step long settled.
+    # The reserve step's deadline went when it settled: it never times out.
     assert events(saga).count(("reserve_stock", "timed_out")) == 0
+
+
+def test_a_step_timer_is_a_deadline_on_the_saga_and_only_one_that_passes_writes_a_timeout(
+    api, catalogue, monkeypatch, settings, catga_run_scheduled
+):
+    """Each settled step used to insert and delete a scheduled Timeout in the history (issue 16)."""
+    timeouts = Message.objects.filter(type="orders.OrderSagaTimeout")
+    settled = SagaState.objects.get(correlation_id=Order.objects.get(pk=place(api)).correlation_id)
+    assert (settled.status, settled.deadline) == ("completed", None)
+
+    monkeypatch.setenv("FAKE_PROVIDER_OUTAGE", "1")  # the charge never succeeds
+    before = time.time()
+    stalled = SagaState.objects.get(correlation_id=Order.objects.get(pk=place(api)).correlation_id)
+    assert stalled.current_step == 1
+    assert (
+        before + settings.ORDER_STEP_TIMEOUT
+        <= stalled.deadline.timestamp()
+        <= time.time() + settings.ORDER_STEP_TIMEOUT
+    )
+    assert not timeouts.exists()  # three steps started, no timer in the history
+
+    assert catga_run_scheduled(settings.ORDER_STEP_TIMEOUT + 1) == 1
+    assert catga_run_scheduled(settings.ORDER_STEP_TIMEOUT + 1) == 0  # fired once, its deadline cleared
+    timeout = timeouts.get()
+    assert (timeout.status, timeout.correlation_id) == ("handled", stalled.correlation_id)
+    stalled.refresh_from_db()
+    assert (stalled.status, stalled.reason, stalled.deadline) == ("failed", "timeout", None)
 
 
 def test_a_step_whose_window_saw_the_database_away_is_given_its_time_again(

@@ -30,6 +30,7 @@ from apps.mediator.console.common import (
     two_lines,
 )
 from apps.mediator.models import Message, SagaState
+from apps.mediator.orchestration import sagas
 from apps.mediator.orchestration.sagas import Saga, timeline
 
 SAGA_COLOURS = {
@@ -61,13 +62,7 @@ LIST_DEFERRED = ("data", "step_log")
 def known_sagas() -> dict[str, type[Saga]]:
     """The Saga classes in code by name (the contexts' handler modules import theirs)."""
     extensions.mediator()  # built with its registry, which imports every context's sagas
-    found: dict[str, type[Saga]] = {}
-    stack = list(Saga.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        found.setdefault(cls.name, cls)
-        stack.extend(cls.__subclasses__())
-    return dict(sorted(found.items()))
+    return sagas.known()
 
 
 def step_name(state: SagaState, index: int) -> str:
@@ -212,6 +207,9 @@ def step_strip(state: SagaState, events: list[TimelineEvent]) -> list[StepState]
     return strip
 
 
+TIMES = ["created_precise", "updated_precise"]
+
+
 @admin.register(SagaState)
 class SagaStateAdmin(ReadOnlyAdmin):
     list_display = ["saga", "status_badge", "step", "reason", "created", "updated", "conversation"]
@@ -224,13 +222,27 @@ class SagaStateAdmin(ReadOnlyAdmin):
     list_per_page = 50
     actions = ["compensate_stuck"]
     fieldsets = [
-        (None, {"fields": ["name", "status_badge", "step", "reason", "created_precise", "updated_precise"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "name",
+                    "status_badge",
+                    "step",
+                    "reason",
+                    "deadline_precise",
+                    "created_precise",
+                    "updated_precise",
+                ]
+            },
+        ),
         ("Conversation", {"fields": ["conversation_link"]}),
         ("Data", {"fields": ["data_pretty"], "classes": ["collapse"]}),
     ]
     readonly_fields = [
         "status_badge",
         "step",
+        "deadline_precise",
         "created_precise",
         "updated_precise",
         "conversation_link",
@@ -306,6 +318,10 @@ class SagaStateAdmin(ReadOnlyAdmin):
         return format_html('<a href="{}">conversation&nbsp;&rsaquo;</a>', conversation_url(obj.correlation_id))
 
     # -- one saga -----------------------------------------------------------------
+
+    @admin.display(description="step times out (UTC)")
+    def deadline_precise(self, obj):
+        return precise(obj.deadline) if obj.deadline else "—"
 
     @admin.display(description="created (UTC)")
     def created_precise(self, obj):

@@ -338,20 +338,27 @@ class Worker:
             await asyncio.sleep(interval)
 
     async def _schedule_loop(self) -> None:
-        """Fire the due ticks of the periodic schedules this replica can claim (storage/schedules.py)."""
+        """Fire the due ticks of the periodic schedules this replica can claim (storage/schedules.py)
+        and the passed deadlines of the saga steps whose Timeout it may publish."""
         interval = min(catga_settings.RELAY_INTERVAL, 1.0)
+        post, timers = self.dispatcher.mediator.post, self.dispatcher.timers
+        types = roles.publishable_names(self.dispatcher.registry)
         synced = False
         while True:
             try:
                 if not synced:
                     await self._sync(schedules.sync_declared)
                     synced = True
-                fired = await self._sync(functools.partial(schedules.fire_due, self.dispatcher.mediator.post))
+                fired = await self._sync(functools.partial(schedules.fire_due, post))
                 if fired:
                     logger.info("schedules fired %d tick(s)", fired)
+                if timers is not None:
+                    timed_out = await self._sync(functools.partial(timers.fire_due, post, types=types))
+                    if timed_out:
+                        logger.info("saga step deadlines fired %d timeout(s)", timed_out)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the database away: the ticks wait in the table, nothing is lost
+            except Exception:  # the database away: ticks and deadlines wait in their tables, nothing is lost
                 logger.warning("schedule sweep failed", exc_info=True)
             await asyncio.sleep(interval)
 

@@ -45,11 +45,25 @@ class WorkflowHooks(Protocol):
     def members_cancelled(self, message_ids, status: str) -> None: ...
 
 
+class TimerHooks(Protocol):
+    """The sagas' step deadlines (orchestration), fired by the consumers' sweep and `run_due`."""
+
+    def fire_due(self, post, *, types=None, now=None) -> int: ...
+
+
 class Dispatcher:
-    def __init__(self, registry: Registry, pipeline: Pipeline, *, workflows: WorkflowHooks | None = None):
+    def __init__(
+        self,
+        registry: Registry,
+        pipeline: Pipeline,
+        *,
+        workflows: WorkflowHooks | None = None,
+        timers: TimerHooks | None = None,
+    ):
         self.registry = registry
         self.pipeline = pipeline
         self.workflows = workflows
+        self.timers = timers
         self.mediator = None  # the Mediator this dispatcher serves: handlers get it as ctx.mediator
         # (message id, handler) of runs the worker stopped waiting for: their timeout is
         # recorded as their attempt, so their own late failure must not count again.

@@ -15,8 +15,10 @@
 The saga's state (a SagaState row per conversation) is advanced by the reply's
 handler, in the same transaction as the reply's inbox record: one reply advances a
 saga at most once, and a restarted worker simply carries on from the database.
-A step's timeout is a durable scheduled command (the outbox holds it); it is
-ignored if the step settled first. On failure, timeout or cancellation the
+A step's timeout is a deadline on the saga's row, swept by the consumers (`fire_due`):
+only a deadline that passes writes the saga's Timeout command, in the sweep's
+transaction, so a step that settles in time leaves nothing in the history; a Timeout
+that arrives after its step settled is ignored. On failure, timeout or cancellation the
 compensations of the completed steps are sent in reverse order, then `on_failed`.
 A reply that arrives for the in-flight step after the saga gave up is undone with
 that step's compensation. Once a `pivot` step has been sent, the saga can no
@@ -32,11 +34,12 @@ from the saga's own business key (`key`: the order id) and when `Step.accepts` i
 
 import datetime as dt
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import msgspec
+from django.db import transaction
 from django.utils import timezone
 
 from apps.mediator.core.context import current_envelope
@@ -45,12 +48,15 @@ from apps.mediator.core.messages import Command, Event
 from apps.mediator.models import Message as MessageRow
 from apps.mediator.models import SagaState
 from apps.mediator.observability import metrics
-from apps.mediator.storage import outage, outbox
+from apps.mediator.storage import outage
 
 LATE_TIMER = 5.0  # seconds past due (and half the step's timeout) that say the system was away
 MAX_REARMS = 5  # late timers re-armed per step, then it times out as usual
 
+TIMER_BATCH = 100  # due timers fired per sweep transaction
+
 Status = SagaState.Status
+_SAGAS: dict[str, type["Saga"]] = {}  # by name: what a due deadline's row names
 
 
 @dataclass(frozen=True)
@@ -84,10 +90,11 @@ class Saga:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.name = getattr(cls, "name", None) or cls.__name__
-        # The step timeout is a command of the saga's own context, scheduled durably.
+        _SAGAS.setdefault(cls.name, cls)
+        # The step timeout is a command of the saga's own context; `due` is when its deadline was.
         cls.Timeout = msgspec.defstruct(
             f"{cls.__name__}Timeout",
-            [("saga_id", int), ("step", int), ("attempt", int, 0)],
+            [("saga_id", int), ("step", int), ("attempt", int, 0), ("due", float, 0.0)],
             bases=(Command,),
             module=cls.__module__,
             namespace={"Meta": type("Meta", (), {"context": cls.context, "name": f"{cls.__name__}Timeout"})},
@@ -129,9 +136,9 @@ class Saga:
         envelope = current_envelope.get()
         if envelope is None:
             raise RuntimeError("start a saga from a handler: it belongs to the conversation being handled")
-        state = SagaState.objects.create(name=cls.name, correlation_id=envelope.correlation_id, data=data)
+        state = SagaState(name=cls.name, correlation_id=envelope.correlation_id, data=data)
         cls._start_step(state, 0, mediator)
-        state.save()
+        state.save()  # one INSERT: neither the first command nor its deadline needs the row's id
         return state
 
     @classmethod
@@ -172,14 +179,13 @@ class Saga:
         state.current_step = index
         handle = mediator.send(step.send(state.data))
         cls._log(state, index, "started", message_id=handle.message_id)
-        cls._arm(state, index, mediator)
+        cls._arm(state, index)
 
     @classmethod
-    def _arm(cls, state: SagaState, index: int, mediator, *, attempt: int = 0) -> None:
-        timer = mediator.send(
-            cls.Timeout(saga_id=state.pk, step=index, attempt=attempt), countdown=cls.steps[index].timeout_seconds()
-        )
-        state.data = {**state.data, "_timer": timer.message_id}
+    def _arm(cls, state: SagaState, index: int, *, attempt: int = 0) -> None:
+        """Set the step's deadline (the step being the saga's current one); saved with the row."""
+        state.deadline = timezone.now() + dt.timedelta(seconds=cls.steps[index].timeout_seconds())
+        state.timer_attempt = attempt
 
     @staticmethod
     def _armed_at(state: SagaState, index: int) -> float:
@@ -197,11 +203,8 @@ class Saga:
 
     @staticmethod
     def _stop_timer(state: SagaState) -> None:
-        """The step settled: drop its timeout while it still sits unpublished in the outbox
-        (one message fewer to publish and handle); a published one will find nothing to do."""
-        timer = state.data.get("_timer")
-        if timer:
-            outbox.withdraw(timer)
+        """The step settled: its deadline goes (a Timeout already fired will find nothing to do)."""
+        state.deadline = None
 
     @classmethod
     def _on_reply(cls, event: Event, ctx) -> None:
@@ -254,14 +257,17 @@ class Saga:
         step = cls.steps[command.step]
         seconds = step.timeout_seconds()
         envelope = current_envelope.get()
-        late = time.time() - envelope.not_before if envelope and envelope.not_before else 0.0
+        # When the deadline was: the command says; a Timeout scheduled before deadlines were
+        # columns was due when its envelope was.
+        due = command.due or (envelope.not_before if envelope and envelope.not_before else 0.0)
+        late = time.time() - due if due else 0.0
         # This process found the database away since the step was started (or re-armed): the
         # step (its command, its reply) could not run for part of it, however punctual the timer.
         away = outage.last_seen() >= cls._armed_at(state, command.step)
         if (late > max(LATE_TIMER, seconds / 2) or away) and command.attempt < MAX_REARMS:
             why = "the database was away during the step" if away else f"fired {late:.0f}s late"
             cls._log(state, command.step, "timer_rearmed", detail=f"{why}: the step could not run")
-            cls._arm(state, command.step, mediator, attempt=command.attempt + 1)
+            cls._arm(state, command.step, attempt=command.attempt + 1)
             state.save()
             return
         if step.pivot:
@@ -274,7 +280,7 @@ class Saga:
                 metrics.count_saga_stuck(cls.name)
             else:
                 cls._log(state, command.step, "timed_out", detail=f"no reply within {seconds:g}s; pivot, still waiting")
-                cls._arm(state, command.step, mediator, attempt=command.attempt)
+                cls._arm(state, command.step, attempt=command.attempt)
             state.save()
             return
         cls._log(state, command.step, "timed_out", detail=f"no reply within {seconds:g}s")
@@ -334,11 +340,46 @@ def _reply_handler(cls: type[Saga]):
     return on_reply
 
 
+def known() -> dict[str, type[Saga]]:
+    """The Saga classes defined so far, by name (the first of a name)."""
+    return dict(sorted(_SAGAS.items()))
+
+
+def fire_due(post, *, types: Collection[str] | None = None, now: dt.datetime | None = None) -> int:
+    """Send the Timeout command of every saga step whose deadline passed; how many were sent.
+
+    The consumers' sweep (and the in-memory transport's `run_due`). Rows are claimed with
+    SKIP LOCKED and their deadline cleared in the transaction that writes the command to
+    the outbox, so replicas share the work and each deadline fires once. `post` is the
+    mediator's; `types`: the wire names this process may publish (None: any).
+    """
+    names = [name for name, cls in _SAGAS.items() if types is None or cls.Timeout.options.wire_name in types]
+    if not names:
+        return 0
+    now = now or timezone.now()
+    fired = 0
+    while True:
+        with transaction.atomic():
+            due = SagaState.objects.filter(name__in=names, deadline__lte=now).order_by("deadline")
+            fields = ("id", "name", "correlation_id", "current_step", "deadline", "timer_attempt")
+            rows = list(due.select_for_update(skip_locked=True).only(*fields)[:TIMER_BATCH])
+            for row in rows:
+                timeout = _SAGAS[row.name].Timeout(
+                    saga_id=row.pk, step=row.current_step, attempt=row.timer_attempt, due=row.deadline.timestamp()
+                )
+                post(timeout, correlation_id=row.correlation_id)
+            SagaState.objects.filter(pk__in=[row.pk for row in rows]).update(deadline=None)
+        fired += len(rows)
+        if len(rows) < TIMER_BATCH:
+            return fired
+
+
 def timeline(state: SagaState) -> list[dict]:
     """The step log with the time since the saga started, for the API and the admin."""
     start = state.created_at
     out = []
     for entry in state.step_log:
         at = dt.datetime.fromisoformat(entry["at"])
-        out.append({**entry, "after_ms": round((at - start).total_seconds() * 1000, 1)})
+        # The first step is logged just before the row's INSERT stamps created_at.
+        out.append({**entry, "after_ms": max(0.0, round((at - start).total_seconds() * 1000, 1))})
     return out

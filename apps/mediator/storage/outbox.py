@@ -14,16 +14,15 @@ is marked expired in the transaction that claimed it, and not published.
 import datetime as dt
 from collections.abc import Callable, Collection, Sequence
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from apps.mediator.core.conf import catga_settings
 from apps.mediator.core.ports import Outgoing
-from apps.mediator.models import Delivery, Message
+from apps.mediator.models import Message
 from apps.mediator.storage import history
 
-MESSAGES, DELIVERIES = Message._meta.db_table, Delivery._meta.db_table
 Publish = Callable[[Sequence[Outgoing]], list[str]]  # returns the ids JetStream acknowledged
 
 
@@ -34,20 +33,6 @@ def due_rows(now: dt.datetime, types: Collection[str] | None = None):
     )
     # A relay whose role may not publish a type leaves its rows to one that may (core/roles.py).
     return rows if types is None else rows.filter(type__in=sorted(types))
-
-
-def withdraw(message_id: str) -> bool:
-    """Take a message out of the outbox before it is published (a saga step's timer whose
-    step settled); False if it already went (published, or revoked). One statement: the
-    ORM's delete would first read the row and delete its deliveries, which an unpublished
-    row never has (the guard keeps one a failure was recorded against)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"DELETE FROM {MESSAGES} WHERE id = %s AND status = %s "  # noqa: S608
-            f"AND NOT EXISTS (SELECT 1 FROM {DELIVERIES} d WHERE d.message_id = {MESSAGES}.id)",
-            [message_id, Message.Status.PENDING.value],
-        )
-        return cursor.rowcount == 1
 
 
 def backlog() -> int:

@@ -56,8 +56,11 @@ class MemoryTransport(Transport):
             queue.clear()
 
     def run_due(self, now: float | None = None) -> int:
-        """Dispatch the scheduled messages due at `now` (the outbox relay's job on NATS)."""
+        """Dispatch the scheduled messages and fire the saga deadlines due at `now` (the outbox
+        relay's and the consumers' timer sweep's job on NATS); how many of both."""
         moment = timezone.now() if now is None else dt.datetime.fromtimestamp(now, tz=dt.UTC)
+        timers = self.dispatcher.timers
+        fired = timers.fire_due(self.dispatcher.mediator.post, now=moment) if timers is not None else 0
         rows = Message.objects.filter(status=Message.Status.PENDING, available_at__lte=moment).order_by("id")
         batch = []
         for row in rows:
@@ -65,4 +68,4 @@ class MemoryTransport(Transport):
             envelope = msgspec.structs.replace(item.envelope, not_before=None)
             batch.append(Outgoing(envelope, item.body, item.dedupe_id))
         self.publish(batch)
-        return len(batch)
+        return fired + len(batch)
