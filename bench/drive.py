@@ -33,8 +33,6 @@ from django.db import connection, transaction  # noqa: E402
 from apps.mediator.runtime import mediator  # noqa: E402
 from bench.noop_app import contracts  # noqa: E402
 
-BENCH_SKU = "SKU-BENCH"
-
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -129,13 +127,15 @@ def seed_shop(args) -> dict:
     from rest_framework.authtoken.models import Token
 
     from apps.inventory.models import Item
+    from bench.load import skus
 
     user, _ = get_user_model().objects.get_or_create(username="bench")
     token, _ = Token.objects.get_or_create(user=user)
-    Item.objects.update_or_create(
-        sku=BENCH_SKU, defaults={"name": "Benchmark widget", "price": Decimal("1.00"), "on_hand": 10**9, "reserved": 0}
-    )
-    return {"token": token.key, "sku": BENCH_SKU}
+    for sku in skus():
+        Item.objects.update_or_create(
+            sku=sku, defaults={"name": "Benchmark widget", "price": Decimal("1.00"), "on_hand": 10**9, "reserved": 0}
+        )
+    return {"token": token.key, "skus": len(skus())}
 
 
 def order_latency(args) -> dict:

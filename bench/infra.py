@@ -136,10 +136,16 @@ class RedisAckWatcher:
         return samples or [(time.time(), 0)]
 
 
-def windowed_rate(samples: list[tuple[float, int]], count: int, low=0.1, high=0.9) -> float:
-    """Messages per second between `low` and `high` of `count` done (start-up and tail excluded)."""
+def window(samples: list[tuple[float, int]], count: int, low=0.1, high=0.9) -> tuple[tuple, tuple]:
+    """The (time, done) samples where `low` and `high` of `count` were done."""
     start = next(((t, n) for t, n in samples if n >= low * count), samples[0])
     end = next(((t, n) for t, n in samples if n >= high * count), samples[-1])
+    return start, end
+
+
+def windowed_rate(samples: list[tuple[float, int]], count: int, low=0.1, high=0.9) -> float:
+    """Messages per second between `low` and `high` of `count` done (start-up and tail excluded)."""
+    start, end = window(samples, count, low, high)
     if end[0] <= start[0]:
         return float(count) / max(samples[-1][0] - samples[0][0], 1e-6)
     return (end[1] - start[1]) / (end[0] - start[0])

@@ -4,16 +4,27 @@
     python -m bench.load ... --rate 100      # open loop: one order every 1/rate s, whatever the answers
 
 Writes {order id: time the 202 arrived} to --out and prints a JSON summary. No Django here.
+Each order takes one item, at random among BENCH_SKUS of them (`skus()`; 1: all the same).
 """
 
 import argparse
 import http.client
 import json
+import os
+import random
 import threading
 import time
 from urllib.parse import urlsplit
 
-BODY = {"customer_id": "bench", "lines": [{"sku": "SKU-BENCH", "quantity": 1}], "payment_token": "tok_visa"}
+
+def skus() -> list[str]:
+    """The items the bench's shops stock (both seed them from here) and its orders take."""
+    count = int(os.environ.get("BENCH_SKUS", "1"))
+    return ["SKU-BENCH"] if count <= 1 else [f"SKU-BENCH-{i:05d}" for i in range(count)]
+
+
+def body(sku: str) -> str:
+    return json.dumps({"customer_id": "bench", "lines": [{"sku": sku, "quantity": 1}], "payment_token": "tok_visa"})
 
 
 class Client:
@@ -22,14 +33,16 @@ class Client:
         self.host, self.port = parts.hostname, parts.port
         self.headers = {"Content-Type": "application/json", "Authorization": f"Token {token}"}
         self.conn = None
+        self.skus = skus()
+        self.random = random.Random(id(self))
 
     def place(self) -> tuple[int, dict | None]:
-        body = json.dumps(BODY)
+        payload = body(self.random.choice(self.skus))
         for attempt in (1, 2):  # a keep-alive connection the server closed (worker recycled): reconnect once
             if self.conn is None:
                 self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
             try:
-                self.conn.request("POST", "/api/orders/", body=body, headers=self.headers)
+                self.conn.request("POST", "/api/orders/", body=payload, headers=self.headers)
                 response = self.conn.getresponse()
                 data = response.read()
             except (OSError, http.client.HTTPException):

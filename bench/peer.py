@@ -18,7 +18,7 @@ import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
-from bench import cost, infra
+from bench import cost, infra, load
 
 PEER_BROKER = "redis://127.0.0.1:6379/15"  # the machine's Redis, a database of the peer's own, flushed
 PEER_DATABASE = "bench_celery"
@@ -152,7 +152,7 @@ def place_one(base: str, token: str) -> None:
     """One order before the clock starts: the web, the broker and the worker all answer."""
     parts = urlsplit(base)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    body = {"customer_id": "warm", "lines": [{"sku": "SKU-BENCH", "quantity": 1}], "payment_token": "tok_visa"}
+    body = {"customer_id": "warm", "lines": [{"sku": load.skus()[0], "quantity": 1}], "payment_token": "tok_visa"}
     try:
         conn.request(
             "POST",

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand
 from rest_framework.authtoken.models import Token
 
 from bench.celery_peer.shop.models import Item
+from bench.load import skus
 
 
 class Command(BaseCommand):
@@ -13,5 +14,6 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         user, _ = get_user_model().objects.get_or_create(username="bench")
         token, _ = Token.objects.get_or_create(user=user)
-        Item.objects.update_or_create(sku="SKU-BENCH", defaults={"on_hand": 10**9, "reserved": 0})
-        self.stdout.write(json.dumps({"token": token.key, "sku": "SKU-BENCH"}))
+        for sku in skus():
+            Item.objects.update_or_create(sku=sku, defaults={"on_hand": 10**9, "reserved": 0})
+        self.stdout.write(json.dumps({"token": token.key, "skus": len(skus())}))
