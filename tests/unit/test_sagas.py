@@ -8,7 +8,7 @@ from django.db import OperationalError, transaction
 from apps.inventory.contracts import ReleaseStock, ReserveStock, StockLine, StockReserved
 from apps.inventory.models import Item, Reservation
 from apps.mediator import WorkflowFailed, chain, group
-from apps.mediator.models import Message, SagaState, Workflow
+from apps.mediator.models import Delivery, Message, SagaState, Workflow
 from apps.mediator.runtime import get_mediator
 from apps.mediator.storage import outage
 from apps.orders.models import Order
@@ -135,6 +135,31 @@ def test_a_step_whose_window_saw_the_database_away_is_given_its_time_again(
     assert "the database was away" in next(e["detail"] for e in saga["log"] if e["event"] == "timer_rearmed")
 
     # The re-armed window saw no outage: this time the step times out as usual.
+    assert catga_run_scheduled(2 * settings.ORDER_STEP_TIMEOUT + 2) > 0
+    order = Order.objects.get(pk=order_id)
+    assert (order.status, order.reason) == ("cancelled", "timeout")
+
+
+def test_a_step_whose_command_waits_behind_a_backlog_is_given_its_time_again(
+    api, catalogue, monkeypatch, settings, catga_run_scheduled
+):
+    """A burst after an outage queued more orders than the consumers could reserve within a
+    step timeout: punctual timers cancelled a thousand orders whose commands never ran."""
+    monkeypatch.setenv("FAKE_PROVIDER_OUTAGE", "1")  # the charge never succeeds
+    order_id = place(api)
+    charge = Message.objects.get(type="payments.ChargePayment")
+    # As the history stands while the command waits in its stream: published, never handled.
+    Delivery.objects.filter(message=charge).delete()
+    Message.objects.filter(pk=charge.pk).update(status="published")
+
+    assert catga_run_scheduled(settings.ORDER_STEP_TIMEOUT + 1) == 1
+    assert Order.objects.get(pk=order_id).status == "pending"
+    rearmed = [e for e in saga_of(api, order_id)["log"] if e["event"] == "timer_rearmed"]
+    assert [(e["name"], e["message_id"]) for e in rearmed] == [("charge_payment", charge.pk)]
+    assert "its command is still waiting to be handled" in rearmed[0]["detail"]
+
+    # Its handler has run (and failed for good) by the re-armed deadline: the step times out.
+    Message.objects.filter(pk=charge.pk).update(status="dead")
     assert catga_run_scheduled(2 * settings.ORDER_STEP_TIMEOUT + 2) > 0
     order = Order.objects.get(pk=order_id)
     assert (order.status, order.reason) == ("cancelled", "timeout")

@@ -51,7 +51,7 @@ EVENT_LABELS = {
     "late_reply_compensated": "late reply: compensated",
     "ignored_reply": "reply ignored",
     "refused_reply": "reply refused: not this saga's",
-    "timer_rearmed": "timer re-armed (it fired late: the step could not run)",
+    "timer_rearmed": "timer re-armed (the step could not run in its time)",
     "stuck": "stuck: the pivot step's command is dead",
     "compensated_by_operator": "compensated by an operator",
 }

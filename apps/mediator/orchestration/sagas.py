@@ -24,9 +24,10 @@ A reply that arrives for the in-flight step after the saga gave up is undone wit
 that step's compensation. Once a `pivot` step has been sent, the saga can no
 longer be cancelled (it is the point of no return).
 
-A timer that fires late (the database or the consumers were away when it was due), or
-whose step's window overlapped a database outage this process saw (storage/outage.py),
-is re-armed instead of giving up: the step had no fair time to run. A pivot step whose command
+A timer that fires late (the database or the consumers were away when it was due), whose
+step's window overlapped a database outage this process saw (storage/outage.py), or
+whose step's command no handler has run yet (it waits behind a backlog), is re-armed
+instead of giving up, up to MAX_REARMS times: the step had no fair time to run. A pivot step whose command
 is dead makes the saga `stuck`, visibly, until an operator replays that dead letter
 (the reply completes the saga) or compensates it from the admin. A reply is only taken
 from the saga's own business key (`key`: the order id) and when `Step.accepts` it.
@@ -194,12 +195,13 @@ class Saga:
         return dt.datetime.fromisoformat(marks[-1]).timestamp() if marks else 0.0
 
     @staticmethod
-    def _step_command_dead(state: SagaState, index: int) -> str:
-        """The id of the step's command when it is a dead letter ("" when it is not)."""
+    def _step_command(state: SagaState, index: int) -> tuple[str, str]:
+        """The id of the step's command and its status in the history ("" for either unknown)."""
         sent = [e["message_id"] for e in state.step_log if e["step"] == index and e["event"] == "started"]
-        if sent and MessageRow.objects.filter(pk=sent[-1], status=MessageRow.Status.DEAD).exists():
-            return sent[-1]
-        return ""
+        if not sent:
+            return "", ""
+        status = MessageRow.objects.filter(pk=sent[-1]).values_list("status", flat=True).first()
+        return sent[-1], status or ""
 
     @staticmethod
     def _stop_timer(state: SagaState) -> None:
@@ -264,16 +266,25 @@ class Saga:
         # This process found the database away since the step was started (or re-armed): the
         # step (its command, its reply) could not run for part of it, however punctual the timer.
         away = outage.last_seen() >= cls._armed_at(state, command.step)
-        if (late > max(LATE_TIMER, seconds / 2) or away) and command.attempt < MAX_REARMS:
-            why = "the database was away during the step" if away else f"fired {late:.0f}s late"
-            cls._log(state, command.step, "timer_rearmed", detail=f"{why}: the step could not run")
+        # No handler has run the step's command yet (nor failed it): it waits in its stream
+        # behind a backlog — the consumers catching up after an outage — and had no time either.
+        sent, sent_status = cls._step_command(state, command.step)
+        queued = sent_status in (MessageRow.Status.PENDING, MessageRow.Status.PUBLISHED)
+        if (late > max(LATE_TIMER, seconds / 2) or away or queued) and command.attempt < MAX_REARMS:
+            if away:
+                why = "the database was away during the step"
+            elif late > max(LATE_TIMER, seconds / 2):
+                why = f"fired {late:.0f}s late"
+            else:
+                why = "its command is still waiting to be handled"
+            cls._log(state, command.step, "timer_rearmed", message_id=sent, detail=f"{why}: the step could not run")
             cls._arm(state, command.step, attempt=command.attempt + 1)
             state.save()
             return
         if step.pivot:
             # Past the point of no return the saga cannot undo. Its command still being
             # retried: keep waiting. Dead: stuck, for an operator (replay, or compensate).
-            dead = cls._step_command_dead(state, command.step)
+            dead = sent if sent_status == MessageRow.Status.DEAD else ""
             if dead:
                 state.status, state.reason = Status.STUCK, f"{step.name} is dead"
                 cls._log(state, command.step, "stuck", message_id=dead, detail="its command is a dead letter")
