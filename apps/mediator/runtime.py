@@ -26,7 +26,7 @@ from apps.mediator.core.ports import Transport
 from apps.mediator.core.registry import Registry
 from apps.mediator.delivery.dispatcher import Dispatcher
 from apps.mediator.delivery.mediator import Mediator
-from apps.mediator.orchestration import sagas, workflows
+from apps.mediator.orchestration import deadlines, workflows
 
 _lock = threading.Lock()
 _instance: Mediator | None = None
@@ -53,7 +53,7 @@ def get_registry() -> Registry:
 
 def build_dispatcher() -> Dispatcher:
     pipeline = Pipeline.from_paths(catga_settings.BEHAVIORS)
-    return Dispatcher(get_registry(), pipeline, workflows=workflows, timers=sagas)
+    return Dispatcher(get_registry(), pipeline, workflows=workflows, timers=deadlines)
 
 
 def transport_class() -> type[Transport]:

@@ -158,9 +158,16 @@ def test_a_step_whose_command_waits_behind_a_backlog_is_given_its_time_again(
     assert [(e["name"], e["message_id"]) for e in rearmed] == [("charge_payment", charge.pk)]
     assert "its command is still waiting to be handled" in rearmed[0]["detail"]
 
-    # Its handler has run (and failed for good) by the re-armed deadline: the step times out.
+    # Handled by the next deadline, its reply still queued behind the backlog: again.
+    Message.objects.filter(pk=charge.pk).update(status="handled")
+    assert catga_run_scheduled(2 * settings.ORDER_STEP_TIMEOUT + 2) == 1
+    assert Order.objects.get(pk=order_id).status == "pending"
+    last = [e for e in saga_of(api, order_id)["log"] if e["event"] == "timer_rearmed"][-1]
+    assert "the reply is still on its way" in last["detail"]
+
+    # Failed for good by the one after: the step times out.
     Message.objects.filter(pk=charge.pk).update(status="dead")
-    assert catga_run_scheduled(2 * settings.ORDER_STEP_TIMEOUT + 2) > 0
+    assert catga_run_scheduled(3 * settings.ORDER_STEP_TIMEOUT + 3) > 0
     order = Order.objects.get(pk=order_id)
     assert (order.status, order.reason) == ("cancelled", "timeout")
 

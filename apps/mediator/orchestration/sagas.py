@@ -15,7 +15,7 @@
 The saga's state (a SagaState row per conversation) is advanced by the reply's
 handler, in the same transaction as the reply's inbox record: one reply advances a
 saga at most once, and a restarted worker simply carries on from the database.
-A step's timeout is a deadline on the saga's row, swept by the consumers (`fire_due`):
+A step's timeout is a deadline on the saga's row, swept by the consumers (orchestration/deadlines.py):
 only a deadline that passes writes the saga's Timeout command, in the sweep's
 transaction, so a step that settles in time leaves nothing in the history; a Timeout
 that arrives after its step settled is ignored. On failure, timeout or cancellation the
@@ -35,12 +35,12 @@ from the saga's own business key (`key`: the order id) and when `Step.accepts` i
 
 import datetime as dt
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import msgspec
-from django.db import transaction
+from django.db.models import Min
 from django.utils import timezone
 
 from apps.mediator.core.context import current_envelope
@@ -53,8 +53,6 @@ from apps.mediator.storage import outage
 
 LATE_TIMER = 5.0  # seconds past due (and half the step's timeout) that say the system was away
 MAX_REARMS = 5  # late timers re-armed per step, then it times out as usual
-
-TIMER_BATCH = 100  # due timers fired per sweep transaction
 
 Status = SagaState.Status
 _SAGAS: dict[str, type["Saga"]] = {}  # by name: what a due deadline's row names
@@ -195,13 +193,30 @@ class Saga:
         return dt.datetime.fromisoformat(marks[-1]).timestamp() if marks else 0.0
 
     @staticmethod
-    def _step_command(state: SagaState, index: int) -> tuple[str, str]:
-        """The id of the step's command and its status in the history ("" for either unknown)."""
+    def _step_command(state: SagaState, index: int) -> tuple[str, str, dt.datetime | None]:
+        """The step's command: its id, its status in the history ("" for either unknown) and
+        when a handler first started it (None: never)."""
         sent = [e["message_id"] for e in state.step_log if e["step"] == index and e["event"] == "started"]
         if not sent:
-            return "", ""
-        status = MessageRow.objects.filter(pk=sent[-1]).values_list("status", flat=True).first()
-        return sent[-1], status or ""
+            return "", "", None
+        row = (
+            MessageRow.objects.filter(pk=sent[-1])
+            .annotate(started=Min("deliveries__first_started_at"))
+            .values_list("status", "started")
+            .first()
+        )
+        return (sent[-1], *row) if row else (sent[-1], "", None)
+
+    @staticmethod
+    def _behind(status: str, started: dt.datetime | None, seconds: float) -> str:
+        """Why the step's command had no fair time by its deadline ("": it had)."""
+        if status in (MessageRow.Status.PENDING, MessageRow.Status.PUBLISHED):
+            return "its command is still waiting to be handled"
+        if status == MessageRow.Status.HANDLED:
+            return "its command was handled; the reply is still on its way"
+        if status == MessageRow.Status.FAILED and started and time.time() - started.timestamp() < seconds / 2:
+            return "its command reached a handler late in the step's time"
+        return ""
 
     @staticmethod
     def _stop_timer(state: SagaState) -> None:
@@ -266,17 +281,18 @@ class Saga:
         # This process found the database away since the step was started (or re-armed): the
         # step (its command, its reply) could not run for part of it, however punctual the timer.
         away = outage.last_seen() >= cls._armed_at(state, command.step)
-        # No handler has run the step's command yet (nor failed it): it waits in its stream
-        # behind a backlog — the consumers catching up after an outage — and had no time either.
-        sent, sent_status = cls._step_command(state, command.step)
-        queued = sent_status in (MessageRow.Status.PENDING, MessageRow.Status.PUBLISHED)
-        if (late > max(LATE_TIMER, seconds / 2) or away or queued) and command.attempt < MAX_REARMS:
+        # Behind a backlog (the consumers catching up after an outage) the step's command may
+        # not have reached a handler yet, or reached one moments ago, or been handled with its
+        # reply still queued for this saga: no fair time either, however punctual the timer.
+        sent, sent_status, started = cls._step_command(state, command.step)
+        behind = cls._behind(sent_status, started, seconds)
+        if (late > max(LATE_TIMER, seconds / 2) or away or behind) and command.attempt < MAX_REARMS:
             if away:
                 why = "the database was away during the step"
             elif late > max(LATE_TIMER, seconds / 2):
                 why = f"fired {late:.0f}s late"
             else:
-                why = "its command is still waiting to be handled"
+                why = behind
             cls._log(state, command.step, "timer_rearmed", message_id=sent, detail=f"{why}: the step could not run")
             cls._arm(state, command.step, attempt=command.attempt + 1)
             state.save()
@@ -354,35 +370,6 @@ def _reply_handler(cls: type[Saga]):
 def known() -> dict[str, type[Saga]]:
     """The Saga classes defined so far, by name (the first of a name)."""
     return dict(sorted(_SAGAS.items()))
-
-
-def fire_due(post, *, types: Collection[str] | None = None, now: dt.datetime | None = None) -> int:
-    """Send the Timeout command of every saga step whose deadline passed; how many were sent.
-
-    The consumers' sweep (and the in-memory transport's `run_due`). Rows are claimed with
-    SKIP LOCKED and their deadline cleared in the transaction that writes the command to
-    the outbox, so replicas share the work and each deadline fires once. `post` is the
-    mediator's; `types`: the wire names this process may publish (None: any).
-    """
-    names = [name for name, cls in _SAGAS.items() if types is None or cls.Timeout.options.wire_name in types]
-    if not names:
-        return 0
-    now = now or timezone.now()
-    fired = 0
-    while True:
-        with transaction.atomic():
-            due = SagaState.objects.filter(name__in=names, deadline__lte=now).order_by("deadline")
-            fields = ("id", "name", "correlation_id", "current_step", "deadline", "timer_attempt")
-            rows = list(due.select_for_update(skip_locked=True).only(*fields)[:TIMER_BATCH])
-            for row in rows:
-                timeout = _SAGAS[row.name].Timeout(
-                    saga_id=row.pk, step=row.current_step, attempt=row.timer_attempt, due=row.deadline.timestamp()
-                )
-                post(timeout, correlation_id=row.correlation_id)
-            SagaState.objects.filter(pk__in=[row.pk for row in rows]).update(deadline=None)
-        fired += len(rows)
-        if len(rows) < TIMER_BATCH:
-            return fired
 
 
 def timeline(state: SagaState) -> list[dict]:
