@@ -145,9 +145,10 @@ def test_a_step_whose_command_waits_behind_a_backlog_is_given_its_time_again(
 ):
     """A burst after an outage queued more orders than the consumers could reserve within a
     step timeout: punctual timers cancelled a thousand orders whose commands never ran."""
-    monkeypatch.setenv("FAKE_PROVIDER_OUTAGE", "1")  # the charge never succeeds
+    place(api)  # a charge handled moments ago: the payments stream is flowing
+    monkeypatch.setenv("FAKE_PROVIDER_OUTAGE", "1")  # this order's charge never succeeds
     order_id = place(api)
-    charge = Message.objects.get(type="payments.ChargePayment")
+    charge = Message.objects.filter(type="payments.ChargePayment").latest("id")
     # As the history stands while the command waits in its stream: published, never handled.
     Delivery.objects.filter(message=charge).delete()
     Message.objects.filter(pk=charge.pk).update(status="published")

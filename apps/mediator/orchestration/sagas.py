@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import msgspec
-from django.db.models import Min
 from django.utils import timezone
 
 from apps.mediator.core.context import current_envelope
@@ -49,6 +48,7 @@ from apps.mediator.core.messages import Command, Event
 from apps.mediator.models import Message as MessageRow
 from apps.mediator.models import SagaState
 from apps.mediator.observability import metrics
+from apps.mediator.orchestration import fairness
 from apps.mediator.storage import outage
 
 LATE_TIMER = 5.0  # seconds past due (and half the step's timeout) that say the system was away
@@ -193,30 +193,10 @@ class Saga:
         return dt.datetime.fromisoformat(marks[-1]).timestamp() if marks else 0.0
 
     @staticmethod
-    def _step_command(state: SagaState, index: int) -> tuple[str, str, dt.datetime | None]:
-        """The step's command: its id, its status in the history ("" for either unknown) and
-        when a handler first started it (None: never)."""
+    def _step_command(state: SagaState, index: int) -> str:
+        """The id of the step's last command ("" if none was sent)."""
         sent = [e["message_id"] for e in state.step_log if e["step"] == index and e["event"] == "started"]
-        if not sent:
-            return "", "", None
-        row = (
-            MessageRow.objects.filter(pk=sent[-1])
-            .annotate(started=Min("deliveries__first_started_at"))
-            .values_list("status", "started")
-            .first()
-        )
-        return (sent[-1], *row) if row else (sent[-1], "", None)
-
-    @staticmethod
-    def _behind(status: str, started: dt.datetime | None, seconds: float) -> str:
-        """Why the step's command had no fair time by its deadline ("": it had)."""
-        if status in (MessageRow.Status.PENDING, MessageRow.Status.PUBLISHED):
-            return "its command is still waiting to be handled"
-        if status == MessageRow.Status.HANDLED:
-            return "its command was handled; the reply is still on its way"
-        if status == MessageRow.Status.FAILED and started and time.time() - started.timestamp() < seconds / 2:
-            return "its command reached a handler late in the step's time"
-        return ""
+        return sent[-1] if sent else ""
 
     @staticmethod
     def _stop_timer(state: SagaState) -> None:
@@ -281,11 +261,11 @@ class Saga:
         # This process found the database away since the step was started (or re-armed): the
         # step (its command, its reply) could not run for part of it, however punctual the timer.
         away = outage.last_seen() >= cls._armed_at(state, command.step)
-        # Behind a backlog (the consumers catching up after an outage) the step's command may
-        # not have reached a handler yet, or reached one moments ago, or been handled with its
-        # reply still queued for this saga: no fair time either, however punctual the timer.
-        sent, sent_status, started = cls._step_command(state, command.step)
-        behind = cls._behind(sent_status, started, seconds)
+        # Behind a backlog the step's command may not have reached a handler in its time, or
+        # its reply may still be queued for this saga (fairness.py): re-armed too.
+        sent = cls._step_command(state, command.step)
+        sent_status, started, sent_type = fairness.command_state(sent) if sent else ("", None, "")
+        behind = fairness.why_behind(sent, sent_status, started, sent_type, seconds) if sent else ""
         if (late > max(LATE_TIMER, seconds / 2) or away or behind) and command.attempt < MAX_REARMS:
             if away:
                 why = "the database was away during the step"
