@@ -131,11 +131,12 @@ def seed_shop(args) -> dict:
 
     user, _ = get_user_model().objects.get_or_create(username="bench")
     token, _ = Token.objects.get_or_create(user=user)
-    for sku in skus():
+    items = skus()
+    for sku in items:
         Item.objects.update_or_create(
             sku=sku, defaults={"name": "Benchmark widget", "price": Decimal("1.00"), "on_hand": 10**9, "reserved": 0}
         )
-    return {"token": token.key, "skus": len(skus())}
+    return {"token": token.key, "skus": len(items)}
 
 
 def order_latency(args) -> dict:

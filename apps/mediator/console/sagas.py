@@ -207,9 +207,6 @@ def step_strip(state: SagaState, events: list[TimelineEvent]) -> list[StepState]
     return strip
 
 
-TIMES = ["created_precise", "updated_precise"]
-
-
 @admin.register(SagaState)
 class SagaStateAdmin(ReadOnlyAdmin):
     list_display = ["saga", "status_badge", "step", "reason", "created", "updated", "conversation"]

@@ -18,20 +18,22 @@ from apps.mediator.models import Delivery, Message
 WAITING = (Message.Status.PENDING, Message.Status.PUBLISHED)
 
 
-def command_state(message_id: str) -> tuple[str, dt.datetime | None, str]:
-    """The command's status in the history, when a handler first started it (None: no
-    attempt recorded) and its type; ("", None, "") if it is not in the history."""
+def assess(message_id: str, seconds: float) -> tuple[str, str]:
+    """The step command's status in the history ("" if it is not there) and why it had no
+    fair time within the step's `seconds` ("": it had)."""
     row = (
         Message.objects.filter(pk=message_id)
         .annotate(started=Min("deliveries__first_started_at"))
         .values_list("status", "started", "type")
         .first()
     )
-    return row if row else ("", None, "")
+    if row is None:
+        return "", ""
+    status, started, type_ = row
+    return status, _why_behind(message_id, status, started, type_, seconds)
 
 
-def why_behind(message_id: str, status: str, started: dt.datetime | None, type_: str, seconds: float) -> str:
-    """Why the step's command had no fair time within `seconds` ("": it had)."""
+def _why_behind(message_id: str, status: str, started: dt.datetime | None, type_: str, seconds: float) -> str:
     if status == Message.Status.HANDLED:
         return "its command was handled; the reply is still on its way"
     if status == Message.Status.FAILED and started and time.time() - started.timestamp() < seconds / 2:

@@ -15,8 +15,8 @@
 The saga's state (a SagaState row per conversation) is advanced by the reply's
 handler, in the same transaction as the reply's inbox record: one reply advances a
 saga at most once, and a restarted worker simply carries on from the database.
-A step's timeout is a deadline on the saga's row, swept by the consumers (orchestration/deadlines.py):
-only a deadline that passes writes the saga's Timeout command, in the sweep's
+A step's timeout is a deadline on the saga's row, swept by the consumers
+(orchestration/deadlines.py): only a deadline that passes writes the saga's Timeout command, in the sweep's
 transaction, so a step that settles in time leaves nothing in the history; a Timeout
 that arrives after its step settled is ignored. On failure, timeout or cancellation the
 compensations of the completed steps are sent in reverse order, then `on_failed`.
@@ -26,11 +26,12 @@ longer be cancelled (it is the point of no return).
 
 A timer that fires late (the database or the consumers were away when it was due), whose
 step's window overlapped a database outage this process saw (storage/outage.py), or
-whose step's command no handler has run yet (it waits behind a backlog), is re-armed
-instead of giving up, up to MAX_REARMS times: the step had no fair time to run. A pivot step whose command
-is dead makes the saga `stuck`, visibly, until an operator replays that dead letter
-(the reply completes the saga) or compensates it from the admin. A reply is only taken
-from the saga's own business key (`key`: the order id) and when `Step.accepts` it.
+whose step's command waits behind a backlog (orchestration/fairness.py), is re-armed
+instead of giving up, up to MAX_REARMS times: the step had no fair time to run. A pivot
+step whose command is dead makes the saga `stuck`, visibly, until an operator replays
+that dead letter (the reply completes the saga) or compensates it from the admin. A reply
+is only taken from the saga's own business key (`key`: the order id) and when
+`Step.accepts` it.
 """
 
 import datetime as dt
@@ -264,12 +265,12 @@ class Saga:
         # Behind a backlog the step's command may not have reached a handler in its time, or
         # its reply may still be queued for this saga (fairness.py): re-armed too.
         sent = cls._step_command(state, command.step)
-        sent_status, started, sent_type = fairness.command_state(sent) if sent else ("", None, "")
-        behind = fairness.why_behind(sent, sent_status, started, sent_type, seconds) if sent else ""
-        if (late > max(LATE_TIMER, seconds / 2) or away or behind) and command.attempt < MAX_REARMS:
+        sent_status, behind = fairness.assess(sent, seconds) if sent else ("", "")
+        fired_late = late > max(LATE_TIMER, seconds / 2)
+        if (fired_late or away or behind) and command.attempt < MAX_REARMS:
             if away:
                 why = "the database was away during the step"
-            elif late > max(LATE_TIMER, seconds / 2):
+            elif fired_late:
                 why = f"fired {late:.0f}s late"
             else:
                 why = behind

@@ -9,11 +9,12 @@ from bench.load import skus
 
 
 class Command(BaseCommand):
-    help = "The benchmark's user, token and item (stock without limit); prints {token, sku} as JSON."
+    help = "The benchmark's user, token and items (stock without limit); prints {token, skus} as JSON."
 
     def handle(self, *args, **options):
         user, _ = get_user_model().objects.get_or_create(username="bench")
         token, _ = Token.objects.get_or_create(user=user)
-        for sku in skus():
+        items = skus()
+        for sku in items:
             Item.objects.update_or_create(sku=sku, defaults={"on_hand": 10**9, "reserved": 0})
-        self.stdout.write(json.dumps({"token": token.key, "skus": len(skus())}))
+        self.stdout.write(json.dumps({"token": token.key, "skus": len(items)}))
