@@ -268,7 +268,11 @@ class RedisTransport(Transport):
         except (RedisError, OSError) as exc:
             logger.info("consumer pending counts unavailable: %r", exc)
             return {}
-        return {lag.name: lag.pending for lag in found.consumers}
+        # An event group reads one stream per context it hears from: its lag is their sum.
+        pending: dict[str, int] = {}
+        for lag in found.consumers:
+            pending[lag.name] = pending.get(lag.name, 0) + lag.pending
+        return pending
 
     async def backlog(self):
         """Every stream and group of the app, on a connection of its own (catga_status)."""
