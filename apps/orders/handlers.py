@@ -2,11 +2,6 @@
 
 The order saga (apps/orders/saga.py) drives the flow between contexts; these
 handlers are its steps in this context and the entry points that start or stop it.
-
-Placing an order (run in the web request) writes the order and its OrderPlaced event,
-nothing more; the orders consumer starts the saga from that event. The request does not
-wait for the saga's row and first command, and the event is the saga's durable trigger:
-it is in the outbox of the order's own transaction.
 """
 
 from decimal import Decimal
@@ -37,10 +32,7 @@ from apps.payments.contracts import ChargePayment, RefundPayment
 MAX_TOTAL = Decimal("9999999999.99")  # what Order.total (numeric(12, 2)) holds
 
 
-NO_SAGA_YET = object()  # order_view's `saga` for an order whose saga cannot have started
-
-
-def order_view(order: Order, *, lines=None, saga=None) -> OrderView:
+def order_view(order: Order, *, lines=None, saga: SagaView | None = None) -> OrderView:
     """The order as the API shows it; `lines` and `saga` when the caller has them (no queries)."""
     if lines is None:
         lines = order.lines.all()
@@ -54,7 +46,7 @@ def order_view(order: Order, *, lines=None, saga=None) -> OrderView:
         correlation_id=order.correlation_id,
         created_at=order.created_at.isoformat(),
         updated_at=order.updated_at.isoformat(),
-        saga=None if saga is NO_SAGA_YET else saga or saga_view(order),
+        saga=saga or saga_view(order),
         owner_id=order.owner_id,
     )
 
@@ -92,30 +84,17 @@ def place_order(command: PlaceOrder, ctx) -> OrderView:
         correlation_id=ctx.correlation_id,
     )
     ctx.mediator.publish(OrderPlaced(order_id=order.id, customer_id=order.customer_id, total=order.total))
-    lines = [OrderLineOut(sku=li.sku, quantity=li.quantity, unit_price=items[li.sku].price) for li in command.lines]
-    return order_view(order, lines=lines, saga=NO_SAGA_YET)
-
-
-def start_saga(event: OrderPlaced, ctx) -> None:
-    """Begin the placed order's saga, unless the customer cancelled it first.
-
-    The order's row lock orders this against `request_cancellation`: whichever comes
-    second sees what the first did (a saga to cancel, or an order no longer pending).
-    """
-    order = Order.objects.select_for_update().filter(pk=event.order_id).first()
-    if order is None or order.status != Order.Status.PENDING or order.correlation_id != ctx.correlation_id:
-        return
-    if OrderSaga.state_for(order.correlation_id) is not None:
-        return  # started already: this is a replay of the event
-    OrderSaga.start(
+    state = OrderSaga.start(
         {
             "order_id": order.id,
-            "lines": [list(line) for line in order.lines.order_by("pk").values_list("sku", "quantity")],
+            "lines": [[li.sku, li.quantity] for li in command.lines],
             "amount": str(order.total),
             "token": order.payment_token,
         },
         mediator=ctx.mediator,
     )
+    lines = [OrderLineOut(sku=li.sku, quantity=li.quantity, unit_price=items[li.sku].price) for li in command.lines]
+    return order_view(order, lines=lines, saga=saga_view(order, state))
 
 
 def confirm_order(command: ConfirmOrder, ctx) -> None:
@@ -129,19 +108,10 @@ def cancel_order(command: CancelOrder, ctx) -> None:
 
 
 def request_cancellation(command: RequestOrderCancellation, ctx) -> OrderView:
-    """The customer asks to cancel: the saga undoes what it did, then cancels the order.
-
-    An order whose saga has not started yet (its OrderPlaced still queued) is cancelled
-    here; `start_saga` then finds it no longer pending and starts nothing.
-    """
+    """The customer asks to cancel: the saga undoes what it did, then cancels the order."""
     order = selectors.order_get(command.order_id)
     if order.status != Order.Status.PENDING:
         raise Conflict(f"order {order.id} is already {order.status}")
-    if OrderSaga.state_for(order.correlation_id) is None:
-        Order.objects.select_for_update().filter(pk=order.pk).first()  # waits for a saga being started
-        if OrderSaga.state_for(order.correlation_id) is None:
-            cancel_order(CancelOrder(order_id=order.id, reason=command.reason), ctx)
-            return order_view(selectors.order_get(order.id))
     OrderSaga.cancel(order.correlation_id, reason=command.reason, mediator=ctx.mediator)
     return order_view(order)
 
@@ -168,6 +138,6 @@ COMMANDS = {
     **OrderSaga.command_handlers(),
 }
 QUERIES = {GetOrder: get_order, GetOrderStanding: get_order_standing}
-EVENTS = {**OrderSaga.event_handlers(), OrderPlaced: [start_saga]}
+EVENTS = OrderSaga.event_handlers()
 # The saga's steps and compensations: what the orders NATS user may send to other contexts.
 SENDS = [ReserveStock, ReleaseStock, ChargePayment, RefundPayment]

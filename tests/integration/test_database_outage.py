@@ -26,8 +26,9 @@ OUTAGE = DEFAULTS["MAX_ATTEMPTS"] * ACK_WAIT + 10  # every attempt would be spen
 
 
 def test_orders_in_flight_through_a_long_database_outage_all_confirm_with_no_attempt_spent(
-    api, big_catalogue, workers, catga_database_server
+    api, big_catalogue, workers, settings, catga_database_server
 ):
+    settings.ORDER_STEP_TIMEOUT = STEP_TIMEOUT  # the web schedules the first step's timer
     env = {"CATGA_ACK_WAIT": str(ACK_WAIT), "ORDER_STEP_TIMEOUT": str(STEP_TIMEOUT), "CATGA_METRICS_INTERVAL": "1"}
     procs = [workers.start(context, **env) for context in CONTEXTS]
     ids = [place(api, [{"sku": "SKU-X", "quantity": 1}]) for _ in range(10)]

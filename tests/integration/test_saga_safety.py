@@ -45,7 +45,8 @@ def _allow_confirmation():
         cursor.execute("DROP TRIGGER IF EXISTS no_confirm ON orders_order")
 
 
-def test_a_dead_pivot_makes_the_saga_stuck_and_a_replay_completes_it(api, catalogue, workers):
+def test_a_dead_pivot_makes_the_saga_stuck_and_a_replay_completes_it(api, catalogue, workers, settings):
+    settings.ORDER_STEP_TIMEOUT = 2
     env = {"ORDER_STEP_TIMEOUT": "2", "CATGA_RETRY_BACKOFF": "0.05"}
     for context in CONTEXTS:
         workers.start(context, **env)

@@ -102,11 +102,11 @@ def test_every_message_of_an_order_shares_its_correlation_id_and_links_to_its_ca
         "orders.ConfirmOrder",
         "orders.OrderConfirmed",
     ]
-    # The web writes the order and OrderPlaced; the orders consumer starts the saga from it.
-    assert by_type["orders.OrderPlaced"].causation_id == root.id
-    assert by_type["inventory.ReserveStock"].causation_id == by_type["orders.OrderPlaced"].id
+    assert by_type["inventory.ReserveStock"].causation_id == root.id
     for cause, effect in itertools.pairwise(chain):
         assert by_type[effect].causation_id == by_type[cause].id, effect
-    assert {m.status for m in messages.values()} == {"handled"}
-    # 8 handled messages; OrderConfirmed has two subscribers (inventory commits stock, the saga completes).
-    assert Delivery.objects.filter(message__correlation_id=correlation_id, status="succeeded").count() == 9
+    assert by_type["orders.OrderPlaced"].causation_id == root.id
+    # Every message was handled except the un-subscribed OrderPlaced.
+    assert {m.type for m in messages.values() if m.status != "handled"} == {"orders.OrderPlaced"}
+    # 7 handled messages; OrderConfirmed has two subscribers (inventory commits stock, the saga completes).
+    assert Delivery.objects.filter(message__correlation_id=correlation_id, status="succeeded").count() == 8
