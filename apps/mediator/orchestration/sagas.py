@@ -50,7 +50,7 @@ from apps.mediator.models import Message as MessageRow
 from apps.mediator.models import SagaState
 from apps.mediator.observability import metrics
 from apps.mediator.orchestration import fairness
-from apps.mediator.storage import outage
+from apps.mediator.storage import outage, saga_rows
 
 LATE_TIMER = 5.0  # seconds past due (and half the step's timeout) that say the system was away
 MAX_REARMS = 5  # late timers re-armed per step, then it times out as usual
@@ -143,8 +143,9 @@ class Saga:
 
     @classmethod
     def state_for(cls, correlation_id: str, *, lock: bool = False) -> SagaState | None:
-        rows = SagaState.objects.filter(name=cls.name, correlation_id=correlation_id)
-        return (rows.select_for_update() if lock else rows).first()
+        if lock:  # the engine's own read, written back with saga_rows.save
+            return saga_rows.locked(name=cls.name, correlation_id=correlation_id)
+        return SagaState.objects.filter(name=cls.name, correlation_id=correlation_id).first()
 
     @classmethod
     def cancel(cls, correlation_id: str, reason: str = "cancelled", *, mediator) -> SagaState:
@@ -159,7 +160,7 @@ class Saga:
         cls._log(state, state.current_step, "cancelled", detail=reason)
         cls._stop_timer(state)
         cls._give_up(state, reason, mediator, status=Status.CANCELLED)
-        state.save()
+        saga_rows.save(state)
         return state
 
     @classmethod
@@ -170,7 +171,7 @@ class Saga:
             raise Conflict(f"only a stuck saga can be compensated; this one is {state.status if state else 'absent'}")
         cls._log(state, state.current_step, "compensated_by_operator", detail=reason)
         cls._give_up(state, reason, mediator, status=Status.FAILED)
-        state.save()
+        saga_rows.save(state)
         return state
 
     @classmethod
@@ -219,7 +220,7 @@ class Saga:
             cls._log(
                 state, index, "refused_reply", message_id=ctx.message_id, detail=f"{type(event).__name__}: not ours"
             )
-            state.save()
+            saga_rows.save(state)
             return
         if state.status in (Status.RUNNING, Status.STUCK) and index == state.current_step:
             cls._stop_timer(state)
@@ -245,11 +246,11 @@ class Saga:
                 ctx.mediator.send(step.compensate(state.data))
         else:
             cls._log(state, index, "ignored_reply", message_id=ctx.message_id, detail=type(event).__name__)
-        state.save()
+        saga_rows.save(state)
 
     @classmethod
     def _timed_out(cls, command, mediator) -> None:
-        state = SagaState.objects.select_for_update().filter(pk=command.saga_id, name=cls.name).first()
+        state = saga_rows.locked(id=command.saga_id, name=cls.name)
         if state is None or state.status != Status.RUNNING or state.current_step != command.step:
             return  # the step settled first: nothing to do
         step = cls.steps[command.step]
@@ -276,7 +277,7 @@ class Saga:
                 why = behind
             cls._log(state, command.step, "timer_rearmed", message_id=sent, detail=f"{why}: the step could not run")
             cls._arm(state, command.step, attempt=command.attempt + 1)
-            state.save()
+            saga_rows.save(state)
             return
         if step.pivot:
             # Past the point of no return the saga cannot undo. Its command still being
@@ -289,11 +290,11 @@ class Saga:
             else:
                 cls._log(state, command.step, "timed_out", detail=f"no reply within {seconds:g}s; pivot, still waiting")
                 cls._arm(state, command.step, attempt=command.attempt)
-            state.save()
+            saga_rows.save(state)
             return
         cls._log(state, command.step, "timed_out", detail=f"no reply within {seconds:g}s")
         cls._give_up(state, "timeout", mediator, status=Status.FAILED)
-        state.save()
+        saga_rows.save(state)
 
     @classmethod
     def _give_up(cls, state: SagaState, reason: str, mediator, *, status: str) -> None:
