@@ -5,9 +5,13 @@ from collections import Counter
 from decimal import Decimal
 
 import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from apps.inventory.models import Item
+from apps.mediator import mediator
 from apps.mediator.models import Delivery, Message
+from apps.orders.contracts import OrderLineIn, PlaceOrder
 from apps.orders.models import Order
 from apps.payments.models import Payment
 
@@ -110,3 +114,19 @@ def test_every_message_of_an_order_shares_its_correlation_id_and_links_to_its_ca
     assert {m.type for m in messages.values() if m.status != "handled"} == {"orders.OrderPlaced"}
     # 7 handled messages; OrderConfirmed has two subscribers (inventory commits stock, the saga completes).
     assert Delivery.objects.filter(message__correlation_id=correlation_id, status="succeeded").count() == 8
+
+
+def test_an_executed_command_is_recorded_handled_with_its_delivery_and_nothing_to_claim(catalogue):
+    """mediator.execute (the POST's PlaceOrder): its id is new, so no inbox claim and no status update."""
+    command = PlaceOrder(customer_id="c1", lines=(OrderLineIn(sku="SKU-A", quantity=1),), payment_token="tok_visa")
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        order = mediator.execute(command)
+
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert not [s for s in statements if "pg_try_advisory_xact_lock" in s or s.startswith('UPDATE "mediator_message"')]
+    row = Message.objects.get(pk=order.correlation_id)
+    assert (row.type, row.status, row.causation_id) == ("orders.PlaceOrder", "handled", "")
+    [delivery] = row.deliveries.all()
+    assert (delivery.status, delivery.attempts, delivery.result["id"]) == ("succeeded", 1, order.id)
+    assert [entry["outcome"] for entry in delivery.attempt_log] == ["succeeded"]
+    assert delivery.finished_at >= delivery.started_at == delivery.first_started_at

@@ -174,6 +174,25 @@ class Dispatcher:
                 raise
             return self.failed(spec, message, envelope, exc, started)
 
+    def run_here(self, spec: HandlerSpec, message: Message, envelope: Envelope):
+        """`Mediator.execute` with history: the handler in the caller's transaction, then its
+        message and succeeded delivery written in one statement; errors propagate.
+
+        Nothing to claim: the message was never published, its id is new."""
+        started = timezone.now()
+        with transaction.atomic(savepoint=False):
+            result = self.invoke(spec, message, envelope)
+            history.store_executed(
+                envelope,
+                codec.to_payload(message),
+                handler=spec.name,
+                context=spec.context,
+                started=started,
+                finished=timezone.now(),
+                result=jsonable(result),
+            )
+        return result
+
     def invoke(self, spec: HandlerSpec, message: Message, envelope: Envelope):
         """The handler through the pipeline, as the cause of what it sends; a chain or group
         member also advances its workflow (in the caller's transaction)."""

@@ -27,6 +27,7 @@ from apps.mediator.core.messages import Command, Event, Message, QoS, Query
 from apps.mediator.core.pipeline import HandlerContext
 from apps.mediator.core.ports import Outgoing, Transport
 from apps.mediator.core.registry import Registry
+from apps.mediator.delivery.checks import inbox_on
 from apps.mediator.delivery.dispatcher import Dispatcher
 from apps.mediator.models import Delivery
 from apps.mediator.models import Message as MessageRow
@@ -157,8 +158,8 @@ class Mediator:
         spec = self._single_handler(command)
         codec.validated(command)
         envelope = self._envelope(command, None, correlation_id=correlation_id)
-        if history.recording() or envelope.qos is QoS.EXACTLY_ONCE:
-            history.store_outgoing(envelope, codec.to_payload(command), status=MessageRow.Status.PUBLISHED)
+        if inbox_on(envelope, command):
+            return self.dispatcher.run_here(spec, command, envelope)
         return self.dispatcher.run(spec, command, envelope, raise_errors=True).result
 
     def _single_handler(self, message: Message):

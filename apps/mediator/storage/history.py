@@ -98,17 +98,51 @@ def _outbox_record(envelope: Envelope, payload, status: str) -> dict:
 
 def insert_outgoing(records: list[dict], using) -> None:
     """Write buffered outbox rows in one statement (see apps.mediator.storage.backends.postgresql)."""
-    quote = using.ops.quote_name
     with using.cursor() as cursor:
+        cursor.execute(_records_insert(using), [msgspec.json.encode(records).decode()])
+
+
+def _records_insert(using) -> str:
+    """The INSERT of message rows given as a JSON array of `_outbox_record`s (one parameter)."""
+    return (
+        f"INSERT INTO {using.ops.quote_name(Message._meta.db_table)} (id, type, kind, context, correlation_id, "  # noqa: S608
+        "causation_id, qos, status, payload, headers, created_at, available_at, expires_at, published_at, "
+        "publish_attempts, last_error) SELECT id, type, kind, context, correlation_id, causation_id, qos, "
+        "status, payload, headers, created_at, available_at, expires_at, NULL, 0, '' "
+        "FROM json_to_recordset(%s::json) AS r (id text, type text, kind text, context text, "
+        "correlation_id text, causation_id text, qos text, status text, payload jsonb, headers jsonb, "
+        "created_at timestamptz, available_at timestamptz, expires_at timestamptz)"
+    )
+
+
+def store_executed(
+    envelope: Envelope, payload, *, handler: str, context: str, started: dt.datetime, finished: dt.datetime, result
+) -> None:
+    """`Mediator.execute`'s record, in the caller's transaction: the message, handled, and its
+    succeeded delivery, in one statement.
+
+    The message was never published and its id is new, so no other copy can be handled
+    anywhere: there is no inbox record to claim first, and no status to update after.
+    """
+    deliveries = connection.ops.quote_name(Delivery._meta.db_table)
+    with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {quote(Message._meta.db_table)} (id, type, kind, context, correlation_id, "  # noqa: S608
-            "causation_id, qos, status, payload, headers, created_at, available_at, expires_at, published_at, "
-            "publish_attempts, last_error) SELECT id, type, kind, context, correlation_id, causation_id, qos, "
-            "status, payload, headers, created_at, available_at, expires_at, NULL, 0, '' "
-            "FROM json_to_recordset(%s::json) AS r (id text, type text, kind text, context text, "
-            "correlation_id text, causation_id text, qos text, status text, payload jsonb, headers jsonb, "
-            "created_at timestamptz, available_at timestamptz, expires_at timestamptz)",
-            [msgspec.json.encode(records).decode()],
+            f"WITH m AS ({_records_insert(connection)} RETURNING id) "  # noqa: S608
+            f"INSERT INTO {deliveries} (message_id, handler, context, status, attempts, first_started_at, "
+            "started_at, finished_at, duration_ms, error, traceback, result, attempt_log) "
+            "SELECT id, %s, %s, %s, 1, %s, %s, %s, %s, '', '', %s::jsonb, %s::jsonb FROM m",
+            [
+                msgspec.json.encode([_outbox_record(envelope, payload, Message.Status.HANDLED)]).decode(),
+                handler,
+                context,
+                Delivery.Status.SUCCEEDED.value,
+                started,
+                started,
+                finished,
+                (finished - started).total_seconds() * 1000,
+                None if result is None else msgspec.json.encode(result).decode(),
+                msgspec.json.encode([log_entry(1, started, finished, "succeeded")]).decode(),
+            ],
         )
 
 
