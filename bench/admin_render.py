@@ -26,6 +26,8 @@ PAGES = [
     ("list, page 20", "/admin/mediator/message/?p=20"),
     ("list, dead letters", "/admin/mediator/message/?status=dead"),
     ("list, type + kind", "/admin/mediator/message/?type=payments.ChargePayment&kind=command"),
+    ("list, kind", "/admin/mediator/message/?kind=event"),
+    ("list, context", "/admin/mediator/message/?context=inventory"),
     ("list, search by id", "/admin/mediator/message/?q={correlation_id}"),
     ("conversation", "/admin/mediator/message/conversation/{correlation_id}/"),
     ("message detail", "/admin/mediator/message/{message_id}/change/"),
