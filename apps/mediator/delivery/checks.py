@@ -56,3 +56,18 @@ def jsonable(value: Any) -> Any:
         return msgspec.to_builtins(value, str_keys=True, enc_hook=str)
     except TypeError:
         return repr(value)
+
+
+def lock_conflict(exc: BaseException) -> bool:
+    """PostgreSQL broke a lock cycle (deadlock_detected) or a serialization conflict.
+
+    In a group commit the cycle can be of the group's own making (one transaction taking
+    several handlers' row locks, in their order), so it says nothing about the handler.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "sqlstate", None) in ("40P01", "40001"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

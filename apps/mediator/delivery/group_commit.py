@@ -17,7 +17,7 @@ from apps.mediator.core.conf import catga_settings
 from apps.mediator.core.envelope import Envelope
 from apps.mediator.core.errors import UndecodableMessage, ValidationFailed
 from apps.mediator.core.messages import Kind, Message
-from apps.mediator.delivery.checks import forged, inbox_on, jsonable
+from apps.mediator.delivery.checks import forged, inbox_on, jsonable, lock_conflict
 from apps.mediator.delivery.outcome import ACK, Outcome
 from apps.mediator.models import Delivery
 from apps.mediator.storage import history, inbox, outage
@@ -98,7 +98,9 @@ def _group(dispatcher, calls, start: int, end: int, wanted, outcomes: list, sett
         done, failure = [], None
     if failure is not None:
         index, envelope, message, specs, spec, exc, started = failure
-        if len(specs) == 1 and not outage.unavailable(exc):  # recorded as `run` records it, not run again
+        # A lock cycle may be the group's own doing (several handlers' locks in one
+        # transaction): run on its own, it spends no attempt unless it fails there too.
+        if len(specs) == 1 and not outage.unavailable(exc) and not lock_conflict(exc):  # recorded as `run` does
             outcomes[index] = dispatcher.failed(spec, message, envelope, exc, started)
         else:
             args, kwargs = calls[index]
