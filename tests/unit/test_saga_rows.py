@@ -50,6 +50,21 @@ def test_the_save_sends_only_the_new_entries_and_leaves_unchanged_data_alone():
     assert len(SagaState.objects.get().step_log) == 51
 
 
+def test_changes_made_in_place_are_written_too():
+    saga()
+    with transaction.atomic():
+        state = saga_rows.locked(name="OrderSaga", correlation_id="c1")
+        state.step_log.append({**ENTRY, "event": "completed"})
+        state.data["payment_id"] = 7
+        saga_rows.save(state)
+
+    stored = SagaState.objects.get()
+    assert ([e["event"] for e in stored.step_log], stored.data) == (
+        ["started", "completed"],
+        {"order_id": "o1", "payment_id": 7},
+    )
+
+
 def test_a_rewritten_log_is_written_whole():
     saga(step_log=[ENTRY, {**ENTRY, "event": "completed"}])
     with transaction.atomic():

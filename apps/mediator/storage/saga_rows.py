@@ -18,12 +18,15 @@ JSON_FIELDS = {"data", "step_log"}
 
 
 class _Loaded:
-    """What a row held when it was read: `save` writes only what differs."""
+    """What a row held when it was read: `save` writes only what differs.
+
+    Copies, not the row's own objects: a caller that appends to `step_log` or sets a key
+    of `data` in place must still have it written."""
 
     __slots__ = ("data", "step_log")
 
     def __init__(self, state: SagaState):
-        self.data, self.step_log = state.data, state.step_log
+        self.data, self.step_log = msgspec.json.encode(state.data), tuple(state.step_log)
 
 
 def locked(**where) -> SagaState | None:
@@ -52,16 +55,17 @@ def save(state: SagaState) -> None:
     """Write back a row that `locked` read; any other (new, or read elsewhere) through the ORM."""
     loaded = getattr(state, "_catga_loaded", None)
     kept = len(loaded.step_log) if loaded is not None else 0
-    if loaded is None or state.step_log[:kept] != loaded.step_log:
+    if loaded is None or tuple(state.step_log[:kept]) != loaded.step_log:
         state.save()  # new, or its log was rewritten rather than appended to
         return
     state.updated_at = timezone.now()
     quote = connection.ops.quote_name
     sets = ["status = %s", "current_step = %s", "reason = %s", "deadline = %s", "timer_attempt = %s", "updated_at = %s"]
     params = [state.status, state.current_step, state.reason, state.deadline, state.timer_attempt, state.updated_at]
-    if state.data != loaded.data:
+    data = msgspec.json.encode(state.data)
+    if data != loaded.data:
         sets.append("data = %s::jsonb")
-        params.append(msgspec.json.encode(state.data).decode())
+        params.append(data.decode())
     if len(state.step_log) > kept:
         sets.append("step_log = step_log || %s::jsonb")
         params.append(msgspec.json.encode(state.step_log[kept:]).decode())
