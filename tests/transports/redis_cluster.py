@@ -19,7 +19,7 @@ class RedisCluster:
     def __init__(self, root: Path, size: int = 6):
         self.nodes = []
         for i in range(size):
-            node = RedisServer(root / f"node-{i}", port=free_port())
+            node = RedisServer(root / f"node-{i}", port=free_port(and_offset=10000))  # the bus: port + 10000
             node.argv = _cluster_argv(node)
             self.nodes.append(node)
 
